@@ -1,0 +1,57 @@
+"""durably: durable execution for Python workflows, journaled to SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+from ._app import App
+from ._context import Context, current_step_key_or_raise
+from ._errors import (
+    ChildFailed,
+    ConfigurationError,
+    DatabaseError,
+    DurablyError,
+    NonDeterminismError,
+    PayloadError,
+    ResultTimeout,
+    RunNotFound,
+    StepFailed,
+    StepTimeout,
+    UnknownWorkflowError,
+    WorkflowCancelled,
+    WorkflowFailed,
+)
+from ._handle import WorkflowHandle
+from ._retry import Retry
+
+__version__ = "0.1.0"
+
+
+def current_step_key() -> str:
+    """Idempotency key of the step executing now (``"<run id>:<position>"``).
+
+    Stable across retries, crashes and replays of that step. Raises
+    :class:`DurablyError` outside a step.
+    """
+    return current_step_key_or_raise()
+
+
+__all__ = [
+    "App",
+    "ChildFailed",
+    "ConfigurationError",
+    "Context",
+    "DatabaseError",
+    "DurablyError",
+    "NonDeterminismError",
+    "PayloadError",
+    "ResultTimeout",
+    "Retry",
+    "RunNotFound",
+    "StepFailed",
+    "StepTimeout",
+    "UnknownWorkflowError",
+    "WorkflowCancelled",
+    "WorkflowFailed",
+    "WorkflowHandle",
+    "__version__",
+    "current_step_key",
+]

@@ -1,0 +1,3 @@
+from durably._cli import main
+
+main()

@@ -1,0 +1,376 @@
+"""``App``: registry of workflows and steps, client API, worker entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar, overload
+
+from . import _config, _serde
+from ._errors import ConfigurationError, PayloadError, RunNotFound, UnknownWorkflowError
+from ._handle import WorkflowHandle
+from ._registry import StepDef, WorkflowDef, make_step, source_version
+from ._retry import DEFAULT_RETRY, Retry
+from ._storage import open_storage
+from ._storage.base import (
+    CHANNEL_DONE,
+    CHANNEL_WORK,
+    TERMINAL,
+    NewRun,
+    RunFilter,
+    RunRecord,
+    Storage,
+)
+from ._waiting import ChangeWaiter, Hub
+from ._worker.worker import Worker
+
+log = logging.getLogger("durably")
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Waiters re-read the run at least this often even if no notification came.
+_RESULT_POLL = 2.0
+
+
+class App:
+    """A durably application: workflows, steps, a database and workers.
+
+    ``database`` is a URL (``sqlite:///file.db`` or
+    ``postgresql://user@host/db``); without it ``DURABLY_DATABASE_URL`` is
+    used, else ``sqlite:///durably.db``. ``lease_seconds`` (or
+    ``DURABLY_LEASE_SECONDS``) sets how soon a dead worker's runs are taken
+    over. ``suspend_after`` is the grace period (seconds) a waiting run stays
+    in memory before it is suspended out of it.
+    """
+
+    def __init__(
+        self,
+        name: str = "durably",
+        database: str | None = None,
+        *,
+        lease_seconds: float | None = None,
+        max_payload_bytes: int = _serde.DEFAULT_MAX_PAYLOAD_BYTES,
+        suspend_after: float = 1.0,
+        poll_interval: float = 5.0,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError("App(name): name must be a non-empty string")
+        self.name = name
+        self.database_url = _config.database_url(database)
+        self.lease_seconds = _config.lease_seconds(lease_seconds)
+        if suspend_after < 0:
+            raise ConfigurationError("App(suspend_after=...) must be >= 0 seconds")
+        self.suspend_after = float(suspend_after)
+        self.poll_interval = float(poll_interval)
+        self.max_payload_bytes = int(max_payload_bytes)
+        self.clock: Callable[[], float] = time.time
+        self._workflows: dict[str, WorkflowDef] = {}
+        self._steps: dict[str, StepDef] = {}
+        self._storage: Storage | None = None
+        self._storage_lock = threading.Lock()
+        self._hub = Hub()
+
+    def __repr__(self) -> str:
+        return f"App({self.name!r}, database={self.database_url!r})"
+
+    # -- registration ----------------------------------------------------------
+    @overload
+    def workflow(self, fn: F) -> F: ...
+
+    @overload
+    def workflow(
+        self, fn: None = None, *, name: str | None = None, version: str | None = None
+    ) -> Callable[[F], F]: ...
+
+    def workflow(
+        self, fn: Any = None, *, name: str | None = None, version: str | None = None
+    ) -> Any:
+        """Register a workflow: ``def`` or ``async def``, taking ``ctx`` first."""
+
+        def register(fn: F) -> F:
+            if not callable(fn):
+                raise ConfigurationError(f"@app.workflow needs a function, got {fn!r}")
+            wf_name = name or fn.__name__
+            existing = self._workflows.get(wf_name)
+            if existing is not None and existing.fn is not fn:
+                if _same_function(existing.fn, fn):  # a module imported twice
+                    return fn
+                raise ConfigurationError(
+                    f"two workflows are named {wf_name!r}; pass name=... to one of them"
+                )
+            definition = WorkflowDef(
+                fn=fn,
+                name=wf_name,
+                version=str(version) if version is not None else source_version(fn),
+                is_async=inspect.iscoroutinefunction(fn),
+            )
+            self._workflows[wf_name] = definition
+            fn.__durably_workflow__ = definition  # type: ignore[attr-defined]
+            return fn
+
+        return register(fn) if fn is not None else register
+
+    @overload
+    def step(self, fn: F) -> F: ...
+
+    @overload
+    def step(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        aliases: tuple[str, ...] = (),
+    ) -> Callable[[F], F]: ...
+
+    def step(
+        self,
+        fn: Any = None,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        aliases: tuple[str, ...] = (),
+    ) -> Any:
+        """Register a step: its result is journaled once per run and position."""
+        if retry is not None and not isinstance(retry, Retry):
+            raise ConfigurationError(f"@app.step(retry=...) needs a durably.Retry, got {retry!r}")
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise ConfigurationError(f"@app.step(timeout=...) must be > 0 seconds, got {timeout!r}")
+
+        def register(fn: F) -> F:
+            if not callable(fn):
+                raise ConfigurationError(f"@app.step needs a function, got {fn!r}")
+            definition = StepDef(
+                fn=fn,
+                name=name or fn.__name__,
+                retry=retry or DEFAULT_RETRY,
+                timeout=float(timeout) if timeout is not None else None,
+                aliases=tuple(aliases),
+                is_async=inspect.iscoroutinefunction(fn),
+            )
+            self._steps[definition.name] = definition
+            return make_step(definition)  # type: ignore[return-value]
+
+        return register(fn) if fn is not None else register
+
+    @property
+    def workflows(self) -> dict[str, WorkflowDef]:
+        return dict(self._workflows)
+
+    # -- storage -----------------------------------------------------------------
+    @property
+    def storage(self) -> Storage:
+        """The opened (and migrated) database of this app."""
+        if self._storage is None:
+            with self._storage_lock:
+                if self._storage is None:
+                    storage = open_storage(self.database_url)
+                    try:
+                        storage.migrate()
+                    except BaseException:
+                        storage.close()
+                        raise
+                    self._storage = storage
+        return self._storage
+
+    def close(self) -> None:
+        """Close database connections (a new call reopens them)."""
+        with self._storage_lock:
+            storage, self._storage = self._storage, None
+        if storage is not None:
+            storage.close()
+
+    # -- starting runs -----------------------------------------------------------
+    def _definition(self, workflow: Any) -> WorkflowDef:
+        if isinstance(workflow, str):
+            definition = self._workflows.get(workflow)
+        else:
+            definition = getattr(workflow, "__durably_workflow__", None)
+            if definition is not None and self._workflows.get(definition.name) is not definition:
+                definition = None
+        if definition is None:
+            known = ", ".join(sorted(self._workflows)) or "none"
+            what = (
+                workflow if isinstance(workflow, str) else getattr(workflow, "__name__", workflow)
+            )
+            raise UnknownWorkflowError(
+                f"{what!r} is not a workflow of app {self.name!r} (its workflows: {known}); "
+                "decorate it with @app.workflow"
+            )
+        return definition
+
+    def _new_run(
+        self, workflow: Any, args: tuple[Any, ...], kwargs: dict[str, Any], run_id: str | None
+    ) -> NewRun:
+        definition = self._definition(workflow)
+        if run_id is None:
+            run_id = uuid.uuid4().hex
+        elif not isinstance(run_id, str) or not run_id or len(run_id) > 512:
+            raise PayloadError(
+                f"run id must be a non-empty string of at most 512 characters, got {run_id!r}"
+            )
+        args_text = definition.encode_args(args, kwargs, self.max_payload_bytes)
+        return NewRun(
+            id=run_id,
+            workflow=definition.name,
+            version=definition.version,
+            args=args_text,
+            created_at=self.clock(),
+        )
+
+    def _create(self, run: NewRun) -> WorkflowHandle:
+        record, created = self.storage.create_run(run)
+        if record.workflow != run.workflow:
+            raise ConfigurationError(
+                f"run id {run.id!r} already belongs to a run of workflow {record.workflow!r}, "
+                f"not {run.workflow!r}; choose another id"
+            )
+        if created:
+            self._hub.publish(CHANNEL_WORK, run.workflow)
+        return WorkflowHandle(self, run.id)
+
+    async def start(
+        self, workflow: Any, *args: Any, id: str | None = None, **kwargs: Any
+    ) -> WorkflowHandle:
+        """Start ``workflow(*args, **kwargs)`` as a run (idempotent by ``id``).
+
+        Starting an id that exists returns a handle to the existing run; the
+        workflow never runs twice for one id.
+        """
+        run = self._new_run(workflow, args, kwargs, id)
+        return await _in_thread(self._create, run)
+
+    def start_sync(
+        self, workflow: Any, *args: Any, id: str | None = None, **kwargs: Any
+    ) -> WorkflowHandle:
+        """Blocking twin of :meth:`start`."""
+        return self._create(self._new_run(workflow, args, kwargs, id))
+
+    def get_handle(self, run_id: str) -> WorkflowHandle:
+        """A handle to an existing run (checked when used)."""
+        return WorkflowHandle(self, run_id)
+
+    async def list_runs(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        return await _in_thread(self.list_runs_sync, status=status, workflow=workflow, limit=limit)
+
+    def list_runs_sync(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        return self.storage.list_runs(RunFilter(status=status, workflow=workflow, limit=limit))
+
+    # -- waiting for runs --------------------------------------------------------
+    def _record(self, run_id: str) -> RunRecord:
+        record = self.storage.get_run(run_id)
+        if record is None:
+            raise RunNotFound(f"no run with id {run_id!r} in {self.database_url}")
+        return record
+
+    async def _arecord(self, run_id: str) -> RunRecord:
+        return await _in_thread(self._record, run_id)
+
+    def _waiter(self, run_id: str, loop: asyncio.AbstractEventLoop | None) -> ChangeWaiter:
+        storage = self.storage
+
+        def accept(channel: str, payload: str) -> bool:
+            return channel == "" or (channel == CHANNEL_DONE and payload == run_id)
+
+        return ChangeWaiter([storage.subscribe, self._hub.subscribe], accept, loop)
+
+    async def _await_terminal(self, run_id: str, timeout: float | None) -> RunRecord | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waiter = self._waiter(run_id, asyncio.get_running_loop())
+        try:
+            while True:
+                record = await self._arecord(run_id)
+                if record.status in TERMINAL:
+                    return record
+                remaining = _RESULT_POLL if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    return record
+                await waiter.wait(min(remaining, _RESULT_POLL))
+        finally:
+            waiter.close()
+
+    def _await_terminal_sync(self, run_id: str, timeout: float | None) -> RunRecord | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waiter = self._waiter(run_id, None)
+        try:
+            while True:
+                record = self._record(run_id)
+                if record.status in TERMINAL:
+                    return record
+                remaining = _RESULT_POLL if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    return record
+                waiter.wait_sync(min(remaining, _RESULT_POLL))
+        finally:
+            waiter.close()
+
+    # -- workers -------------------------------------------------------------------
+    def _make_worker(self, concurrency: int) -> Worker:
+        if not self._workflows:
+            raise ConfigurationError(
+                f"app {self.name!r} has no workflows: register some with @app.workflow "
+                "before starting a worker"
+            )
+        return Worker(
+            storage=self.storage,
+            workflows=self._workflows,
+            concurrency=concurrency,
+            lease_seconds=self.lease_seconds,
+            suspend_after=self.suspend_after,
+            poll_interval=self.poll_interval,
+            payload_limit=self.max_payload_bytes,
+            clock=self.clock,
+            on_done=functools.partial(self._hub.publish, CHANNEL_DONE),
+            subscribe_local=self._hub.subscribe,
+        )
+
+    @contextlib.asynccontextmanager
+    async def worker(self, concurrency: int = 100) -> AsyncIterator[Worker]:
+        """Run a worker on the current event loop for the duration of the block."""
+        worker = self._make_worker(concurrency)
+        await worker.start()
+        try:
+            yield worker
+        finally:
+            await worker.stop()
+
+    def run_worker(self, concurrency: int = 100) -> None:
+        """Run a worker until SIGINT or SIGTERM (blocking)."""
+        asyncio.run(self._serve(concurrency))
+
+    async def _serve(self, concurrency: int) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        async with self.worker(concurrency):
+            await stop.wait()
+
+
+def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
+    return (
+        code_a is not None
+        and code_b is not None
+        and code_a.co_filename == code_b.co_filename
+        and code_a.co_firstlineno == code_b.co_firstlineno
+    )
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))

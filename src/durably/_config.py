@@ -1,0 +1,43 @@
+"""Settings that come from arguments, then the environment, then defaults."""
+
+from __future__ import annotations
+
+import os
+
+from ._errors import ConfigurationError
+
+DEFAULT_DATABASE_URL = "sqlite:///durably.db"
+DEFAULT_LEASE_SECONDS = 30.0
+ENV_DATABASE = "DURABLY_DATABASE_URL"
+ENV_LEASE = "DURABLY_LEASE_SECONDS"
+
+
+def database_url(explicit: str | None = None) -> str:
+    url = explicit or os.environ.get(ENV_DATABASE) or DEFAULT_DATABASE_URL
+    url = url.strip()
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if "://" not in url:
+        raise ConfigurationError(
+            f"database URL {url!r} has no scheme: use sqlite:///path/to/file.db or "
+            "postgresql://user@host:5432/dbname"
+        )
+    return url
+
+
+def lease_seconds(explicit: float | None = None) -> float:
+    if explicit is not None:
+        value: object = explicit
+        source = "lease_seconds"
+    else:
+        raw = os.environ.get(ENV_LEASE)
+        if raw is None or not raw.strip():
+            return DEFAULT_LEASE_SECONDS
+        source = ENV_LEASE
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigurationError(f"{ENV_LEASE}={raw!r} is not a number of seconds") from None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ConfigurationError(f"{source} must be a positive number of seconds, not {value!r}")
+    return float(value)

@@ -1,0 +1,150 @@
+"""``Context``: what workflow code uses to do anything durable."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random as _random
+import uuid as _uuid
+from collections.abc import Callable
+from typing import Any
+
+from ._engine.instance import Instance, caller_location, current_step_key
+from ._engine.journal import Kind
+from ._errors import ConfigurationError, DurablyError
+from ._retry import DEFAULT_RETRY, Retry
+
+
+def to_seconds(value: float | dt.timedelta, what: str) -> float:
+    if isinstance(value, dt.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise ConfigurationError(
+            f"{what} must be a timedelta or a number of seconds, not {value!r}"
+        )
+    if seconds < 0:
+        raise ConfigurationError(f"{what} must not be negative ({value!r})")
+    return seconds
+
+
+class Context:
+    """Handed to every workflow as its first argument.
+
+    In an ``async def`` workflow, ``run`` and ``sleep`` return awaitables; in
+    a ``def`` workflow they block and return the value. Every method here is
+    journaled: on replay it returns what it returned the first time.
+    """
+
+    __slots__ = ("_instance",)
+
+    def __init__(self, instance: Instance) -> None:
+        self._instance = instance
+
+    @property
+    def run_id(self) -> str:
+        """The id of this run (the workflow id it was started with)."""
+        return self._instance.run_id
+
+    workflow_id = run_id
+
+    @property
+    def workflow(self) -> str:
+        """The registered name of the workflow."""
+        return self._instance.workflow
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while the code is being re-run from the journal."""
+        return bool(self._instance.history.pending)
+
+    def run(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` as a step named ``name``.
+
+        Its result is journaled; on replay it is returned without calling
+        ``fn`` again. ``retry`` and ``timeout`` are reserved keywords (not
+        passed to ``fn``); wrap ``fn`` in a lambda to pass those names.
+        """
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(
+                f"ctx.run(name, fn, ...): name must be a non-empty string, got {name!r}"
+            )
+        if not callable(fn):
+            raise ConfigurationError(f"ctx.run({name!r}, fn): fn must be callable, got {fn!r}")
+        return self._instance.step(  # type: ignore[attr-defined]
+            name, fn, args, kwargs, retry or DEFAULT_RETRY, timeout, (), caller_location()
+        )
+
+    def sleep(
+        self, name: str | float | dt.timedelta, duration: float | dt.timedelta | None = None
+    ) -> Any:
+        """Sleep durably: ``ctx.sleep("cooldown", timedelta(minutes=15))``.
+
+        The run is suspended (no memory, no thread) and wakes on any worker.
+        """
+        if duration is None and not isinstance(name, str):
+            name, duration = "sleep", name
+        if not isinstance(name, str) or duration is None:
+            raise ConfigurationError("use ctx.sleep(name, duration)")
+        seconds = to_seconds(duration, f"ctx.sleep({name!r}, ...) duration")
+        instance = self._instance
+        return instance.sleep(  # type: ignore[attr-defined]
+            name, instance.clock() + seconds, caller_location()
+        )
+
+    def sleep_until(self, name: str, when: dt.datetime) -> Any:
+        """Sleep durably until ``when`` (an aware datetime)."""
+        if not isinstance(when, dt.datetime) or when.tzinfo is None:
+            raise ConfigurationError(
+                f"ctx.sleep_until({name!r}, when): when must be a timezone-aware datetime"
+            )
+        return self._instance.sleep(  # type: ignore[attr-defined]
+            name, when.timestamp(), caller_location()
+        )
+
+    def now(self) -> dt.datetime:
+        """The current time (UTC, timezone-aware), journaled."""
+        stamp = self._instance.record_value(
+            "now", Kind.NOW, self._instance.clock, caller_location()
+        )
+        return dt.datetime.fromtimestamp(stamp, tz=dt.timezone.utc)
+
+    def random(self) -> float:
+        """A random float in [0, 1), journaled."""
+        return float(
+            self._instance.record_value("random", Kind.RANDOM, _random.random, caller_location())
+        )
+
+    def uuid4(self) -> _uuid.UUID:
+        """A random UUID, journaled."""
+        text = self._instance.record_value(
+            "uuid", Kind.UUID, lambda: str(_uuid.uuid4()), caller_location()
+        )
+        return _uuid.UUID(text)
+
+    @property
+    def step_key(self) -> str:
+        """Idempotency key of the step executing now: ``"<run id>:<position>"``.
+
+        Stable across retries, crashes and replays of that step; pass it to
+        external APIs so a re-run step does not repeat its effect.
+        """
+        return current_step_key_or_raise()
+
+
+def current_step_key_or_raise() -> str:
+    key = current_step_key.get()
+    if key is None:
+        raise DurablyError(
+            "no step is executing here: step_key is only available inside a step "
+            "(a function run by ctx.run or decorated with @app.step)"
+        )
+    return key

@@ -1,0 +1,285 @@
+"""Async workflows: a private event loop per run that only runs when driven.
+
+The workflow coroutine and every task it creates (``asyncio.gather``,
+``asyncio.wait``) live on a :class:`WorkflowLoop`. The driver runs that loop
+until nothing is ready (the code *settled*: every branch waits on a durable
+operation), then hands back one completion at a time, settling in between.
+Because a replay hands back the journal's completions in the order they were
+written, with the same settling, the code sees exactly the interleaving it
+saw live. Timers set through asyncio (``asyncio.sleep``, ``wait_for``,
+``asyncio.timeout``) become durable timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+from .._errors import DurablyError
+from .instance import (
+    Abandoned,
+    CancelTimer,
+    Instance,
+    RunInfo,
+    caller_location,
+    current_instance,
+)
+from .journal import Entry
+
+log = logging.getLogger("durably.workflow")
+
+_get_running_loop = asyncio.events._get_running_loop
+_set_running_loop = asyncio.events._set_running_loop
+
+
+class WorkflowIOError(DurablyError):
+    """Workflow code tried to do I/O or block; that belongs in a step."""
+
+
+def _no_io(what: str) -> Callable[..., Any]:
+    def refuse(self: WorkflowLoop, *args: Any, **kwargs: Any) -> Any:
+        raise WorkflowIOError(
+            f"workflow code cannot call loop.{what}(): workflow code must be "
+            "deterministic orchestration. Move I/O and blocking work into a step "
+            "(@app.step or ctx.run)."
+        )
+
+    return refuse
+
+
+class WorkflowLoop(asyncio.AbstractEventLoop):
+    """The event loop of one run's workflow code (see module docstring)."""
+
+    def __init__(self, instance: AsyncInstance) -> None:
+        self._instance = instance
+        self._ready: deque[asyncio.Handle] = deque()
+        self._running = False
+
+    def run_ready(self) -> None:
+        previous = _get_running_loop()
+        _set_running_loop(self)
+        self._running = True
+        try:
+            ready = self._ready
+            while ready:
+                handle = ready.popleft()
+                if not handle._cancelled:
+                    handle._run()
+        finally:
+            self._running = False
+            _set_running_loop(previous)
+
+    # -- what asyncio's futures, tasks, gather, wait and timeout use ---------
+    def call_soon(  # type: ignore[override]
+        self, callback: Callable[..., Any], *args: Any, context: Any = None
+    ) -> asyncio.Handle:
+        handle = asyncio.Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def call_at(  # type: ignore[override]
+        self, when: float, callback: Callable[..., Any], *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
+        return self._instance.loop_timer(when, callback, args, context)
+
+    def call_later(  # type: ignore[override]
+        self, delay: float, callback: Callable[..., Any], *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
+        return self.call_at(self.time() + delay, callback, *args, context=context)
+
+    def time(self) -> float:
+        return self._instance.clock()
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.Future(loop=self)
+
+    def create_task(  # type: ignore[override]
+        self, coro: Any, *, name: str | None = None, context: Any = None
+    ) -> asyncio.Task[Any]:
+        if context is None:
+            return asyncio.Task(coro, loop=self, name=name)
+        return asyncio.Task(coro, loop=self, name=name, context=context)  # type: ignore[call-arg]
+
+    def get_task_factory(self) -> None:  # type: ignore[override]
+        return None
+
+    def get_debug(self) -> bool:
+        return False
+
+    def is_running(self) -> bool:
+        return self._running
+
+    def is_closed(self) -> bool:
+        return False
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        self._instance.cancel_loop_timer(handle)
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, (Abandoned, asyncio.CancelledError)):
+            return
+        log.warning(
+            "workflow %s run %s: %s",
+            self._instance.workflow,
+            self._instance.run_id,
+            context.get("message", "unhandled error in workflow code"),
+            exc_info=exc if isinstance(exc, BaseException) else None,
+        )
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        self.call_exception_handler(context)
+
+    call_soon_threadsafe = _no_io("call_soon_threadsafe")
+    run_in_executor = _no_io("run_in_executor")
+    getaddrinfo = _no_io("getaddrinfo")
+    create_connection = _no_io("create_connection")
+    create_server = _no_io("create_server")
+    subprocess_exec = _no_io("subprocess_exec")
+    subprocess_shell = _no_io("subprocess_shell")
+    sock_connect = _no_io("sock_connect")
+    sock_recv = _no_io("sock_recv")
+    sock_sendall = _no_io("sock_sendall")
+    add_reader = _no_io("add_reader")
+    add_writer = _no_io("add_writer")
+    run_until_complete = _no_io("run_until_complete")
+    run_forever = _no_io("run_forever")
+
+
+def _settle_future(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)
+
+
+class AsyncInstance(Instance):
+    """An ``async def`` workflow executing on its own :class:`WorkflowLoop`."""
+
+    is_async = True
+
+    def __init__(self, info: RunInfo, body: Callable[[], Awaitable[Any]]) -> None:
+        super().__init__(info)
+        self._body = body
+        self._loop = WorkflowLoop(self)
+        self._waiting: dict[int, Callable[[Any, BaseException | None], None]] = {}
+        self._loop_timers: dict[int, int] = {}
+        self._task: asyncio.Task[Any] | None = None
+
+    async def start(self) -> None:
+        self._task = self._loop.create_task(self._main())
+        self._loop.run_ready()
+        pending = self.history.pending
+        while pending and self.outcome is None:
+            if pending[0].position not in self._waiting:
+                break
+            self._resolve(pending.popleft())
+            self._loop.run_ready()
+        self.check_leftovers()
+        if self.outcome is not None and self.outcome.diverged:
+            self.abandon()
+
+    def wants(self, position: int) -> bool:
+        return position in self._waiting
+
+    def deliver(self, entry: Entry) -> None:
+        self._resolve(entry)
+
+    async def settle(self) -> None:
+        self._loop.run_ready()
+
+    def _resolve(self, entry: Entry) -> None:
+        waiter = self._waiting.pop(entry.position, None)
+        if waiter is not None:
+            value, exc = self.completion_value(entry)
+            waiter(value, exc)
+
+    async def _main(self) -> None:
+        current_instance.set(self)
+        try:
+            result = await self._body()
+        except Abandoned:
+            return
+        except asyncio.CancelledError:
+            if not self.abandoned:
+                self._fail(DurablyError("the workflow's task was cancelled"))
+        except RuntimeError as exc:
+            if "attached to a different loop" in str(exc):
+                self._fail(
+                    WorkflowIOError(
+                        "workflow code awaited something that is not a durable "
+                        f"operation ({exc}). Workflow code may only await durably "
+                        "operations (steps, ctx.sleep, ...) and asyncio primitives; "
+                        "move I/O into a step."
+                    )
+                )
+            else:
+                self._fail(exc)
+        except Exception as exc:  # noqa: BLE001 - the run fails with it
+            self._fail(exc)
+        else:
+            if not self.abandoned:
+                self._finish(result)
+
+    # -- operations ----------------------------------------------------------
+    def step(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        retry: Any,
+        timeout: float | None,
+        aliases: tuple[str, ...],
+        loc: str | None,
+    ) -> asyncio.Future[Any]:
+        position, _ = self._begin_step(name, fn, args, kwargs, retry, timeout, aliases, loc)
+        fut = self._loop.create_future()
+        self._waiting[position] = partial(_settle_future, fut)
+        return fut
+
+    def sleep(self, name: str, fire_at: float, loc: str | None) -> asyncio.Future[Any]:
+        position, _ = self._begin_timer(name, fire_at, loc)
+        fut = self._loop.create_future()
+        self._waiting[position] = partial(_settle_future, fut)
+        return fut
+
+    def loop_timer(
+        self, when: float, callback: Callable[..., Any], args: tuple[Any, ...], context: Any
+    ) -> asyncio.TimerHandle:
+        handle = asyncio.TimerHandle(when, callback, args, self._loop, context)
+        position, _ = self._begin_timer("asyncio-timer", when, caller_location())
+        self._loop_timers[id(handle)] = position
+
+        def fire(value: Any, exc: BaseException | None) -> None:
+            self._loop_timers.pop(id(handle), None)
+            if exc is None and not handle.cancelled():
+                self._loop._ready.append(handle)
+
+        self._waiting[position] = fire
+        return handle
+
+    def cancel_loop_timer(self, handle: asyncio.TimerHandle) -> None:
+        position = self._loop_timers.pop(id(handle), None)
+        if position is not None and self._waiting.pop(position, None) is not None:
+            self.commands.append(CancelTimer(position))
+
+    def abandon(self) -> None:
+        if self.abandoned:
+            return
+        self.abandoned = True
+        waiting = list(self._waiting.values())
+        self._waiting.clear()
+        for waiter in waiting:
+            waiter(None, Abandoned())
+        self._loop.run_ready()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            self._loop.run_ready()
+        self._loop_timers.clear()

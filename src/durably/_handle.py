@@ -1,0 +1,77 @@
+"""``WorkflowHandle``: a run seen from outside, from any process."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from . import _serde
+from ._errors import ResultTimeout, RunNotFound, WorkflowCancelled, WorkflowFailed
+from ._storage.base import TERMINAL, RunRecord
+
+if TYPE_CHECKING:
+    from ._app import App
+
+
+class WorkflowHandle:
+    """Refers to one run by id. Cheap to create; holds no connection."""
+
+    def __init__(self, app: App, run_id: str) -> None:
+        self._app = app
+        self.id = run_id
+
+    @property
+    def run_id(self) -> str:
+        return self.id
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.id!r})"
+
+    # -- async -------------------------------------------------------------
+    async def status(self) -> str:
+        """``pending``, ``running``, ``suspended``, ``completed``, ``failed`` or ``cancelled``."""
+        return (await self._app._arecord(self.id)).status
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the run to end and return its result.
+
+        Raises :class:`WorkflowFailed` (carrying the original error's type,
+        message and traceback), :class:`WorkflowCancelled`, or
+        :class:`ResultTimeout` (a ``TimeoutError``) after ``timeout`` seconds.
+        """
+        record = await self._app._await_terminal(self.id, timeout)
+        return self._outcome(record, timeout)
+
+    # -- blocking twins ----------------------------------------------------
+    def status_sync(self) -> str:
+        return self._app._record(self.id).status
+
+    def result_sync(self, timeout: float | None = None) -> Any:
+        record = self._app._await_terminal_sync(self.id, timeout)
+        return self._outcome(record, timeout)
+
+    # -- shared ------------------------------------------------------------
+    def _outcome(self, record: RunRecord | None, timeout: float | None) -> Any:
+        if record is None:
+            raise RunNotFound(f"no run with id {self.id!r}")
+        if record.status not in TERMINAL:
+            raise ResultTimeout(
+                f"run {self.id!r} did not finish within {timeout}s (status: {record.status})"
+            )
+        if record.status == "completed":
+            definition = self._app._workflows.get(record.workflow)
+            tp = definition.result_type if definition is not None else Any
+            return _serde.decode(record.result, tp)
+        if record.status == "cancelled":
+            raise WorkflowCancelled(
+                f"run {self.id!r} of workflow {record.workflow!r} was cancelled"
+            )
+        error = json.loads(record.error or "{}")
+        error_type = error.get("type", "Error")
+        message = error.get("message", "")
+        raise WorkflowFailed(
+            f"run {self.id!r} of workflow {record.workflow!r} failed: {error_type}: {message}",
+            error_type=error_type,
+            message=message,
+            traceback=error.get("traceback", ""),
+        )

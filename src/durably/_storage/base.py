@@ -1,0 +1,167 @@
+"""The storage interface every backend implements, and the records it moves.
+
+Storage is synchronous and thread-safe: the worker calls it from its own
+threads (the group committer, the claimer), clients call it from any thread,
+and the async API wraps it. All times are epoch seconds supplied by the
+caller, so a virtual clock can drive the engine in tests.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .._engine.journal import Entry
+
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+STATUSES = ("pending", "running", "suspended", "completed", "failed", "cancelled")
+
+# Notification channels (PostgreSQL LISTEN/NOTIFY; in-process elsewhere).
+CHANNEL_WORK = "durably_work"  # payload: workflow name of a runnable run
+CHANNEL_DONE = "durably_done"  # payload: run id that reached a terminal status
+
+
+@dataclass(slots=True)
+class RunRecord:
+    id: str
+    workflow: str
+    version: str
+    status: str
+    args: str
+    result: str | None
+    error: str | None
+    owner: str | None
+    epoch: int
+    lease_until: float | None
+    wake_at: float | None
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    parent_id: str | None = None
+    deadline: float | None = None
+    priority: int = 0
+
+
+RUN_COLUMNS = (
+    "id, workflow, version, status, args, result, error, owner, epoch, lease_until, "
+    "wake_at, created_at, updated_at, started_at, finished_at, parent_id, deadline, "
+    "priority"
+)
+
+
+@dataclass(slots=True)
+class NewRun:
+    id: str
+    workflow: str
+    version: str
+    args: str
+    created_at: float
+    parent_id: str | None = None
+    deadline: float | None = None
+    priority: int = 0
+
+
+@dataclass(slots=True)
+class RunUpdate:
+    """Changes to a run's row written together with its journal entries."""
+
+    status: str | None = None
+    result: str | None = None
+    error: str | None = None
+    wake_at: float | None = None
+    release: bool = False  # give up ownership (suspended out of memory, or ended)
+    version: str | None = None
+
+
+@dataclass(slots=True)
+class RunWrite:
+    """One run's share of a group commit, fenced by its claim ``epoch``."""
+
+    run_id: str
+    epoch: int
+    entries: list[Entry] = field(default_factory=list)
+    update: RunUpdate | None = None
+
+
+@dataclass(slots=True)
+class RunFilter:
+    status: str | None = None
+    workflow: str | None = None
+    limit: int = 100
+
+
+Listener = Callable[[str, str], None]
+
+
+class Storage(abc.ABC):
+    """A durably database. See the module docstring for the threading rules."""
+
+    url: str
+    backend: str
+
+    @abc.abstractmethod
+    def migrate(self) -> None:
+        """Check the schema and bring it up to date (idempotent)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # -- runs ------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_run(self, run: NewRun) -> tuple[RunRecord, bool]:
+        """Insert ``run`` unless its id exists; returns the row and if it was new."""
+
+    @abc.abstractmethod
+    def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    @abc.abstractmethod
+    def list_runs(self, where: RunFilter) -> list[RunRecord]: ...
+
+    @abc.abstractmethod
+    def load_journal(self, run_id: str) -> list[Entry]:
+        """The run's entries in ``seq`` order (one query)."""
+
+    # -- workers ----------------------------------------------------------------
+    @abc.abstractmethod
+    def claim(
+        self,
+        worker_id: str,
+        workflows: Sequence[str],
+        limit: int,
+        now: float,
+        lease_seconds: float,
+    ) -> list[RunRecord]:
+        """Take up to ``limit`` runnable runs: new, due, or with a lapsed lease."""
+
+    @abc.abstractmethod
+    def commit(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> set[str]:
+        """Write a batch in one transaction; returns ids whose claim was lost."""
+
+    @abc.abstractmethod
+    def renew(self, worker_id: str, now: float, lease_seconds: float) -> int:
+        """Extend the lease of every run ``worker_id`` holds."""
+
+    @abc.abstractmethod
+    def release(self, worker_id: str, run_ids: Sequence[str], now: float) -> None:
+        """Give runs back (worker shutting down) so others claim them at once."""
+
+    @abc.abstractmethod
+    def next_due(self, workflows: Sequence[str], now: float) -> float | None:
+        """Earliest time a run of ``workflows`` becomes claimable (or None)."""
+
+    @abc.abstractmethod
+    def set_status(
+        self, run_id: str, status: str, now: float, *, expect: Sequence[str] = ()
+    ) -> bool:
+        """Operator change of a run's status (``durably retry``); True if done."""
+
+    # -- wake-ups ---------------------------------------------------------------
+    @abc.abstractmethod
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(channel, payload)`` on changes; returns unsubscribe.
+
+        Listeners run on a background thread. A backend without real
+        notifications calls them with channel ``""`` when anything changed.
+        """

@@ -1,0 +1,116 @@
+"""Pieces both backends share: migration files and the listener thread."""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .._errors import DatabaseError
+from .base import Listener
+
+log = logging.getLogger("durably.storage")
+
+SCHEMA_KEY = "schema_version"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations(package: str) -> list[Migration]:
+    """The ``NNNN_name.sql`` files of ``package``'s ``migrations`` folder, in order."""
+    found = []
+    folder = importlib.resources.files(package).joinpath("migrations")
+    for item in folder.iterdir():
+        match = re.fullmatch(r"(\d{4})_(\w+)\.sql", item.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), item.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations of {package} are not numbered 1..n: {found}")
+    return found
+
+
+def check_version(current: int, latest: int, where: str) -> None:
+    if current > latest:
+        raise DatabaseError(
+            f"{where} has durably schema version {current}, but this version of durably "
+            f"only knows versions up to {latest}. It was upgraded by a newer durably; "
+            "upgrade durably here (pip install -U durably) instead of downgrading the "
+            "database."
+        )
+
+
+def split_statements(sql: str) -> list[str]:
+    """Statements of a migration file (separated by lines holding only ';')."""
+    parts = re.split(r"^\s*;\s*$", sql, flags=re.MULTILINE)
+    return [p.strip() for p in parts if p.strip() and not _only_comments(p)]
+
+
+def _only_comments(text: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("--") for line in text.splitlines())
+
+
+class Listeners:
+    """Fan-out of change notifications from one background thread.
+
+    The thread runs ``loop(stop, dispatch)`` only while someone listens, so a
+    process that never waits costs the database nothing.
+    """
+
+    def __init__(self, name: str, loop: Callable[[threading.Event, Listener], None]) -> None:
+        self._name = name
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(listener)
+            if self._thread is None or not self._thread.is_alive():
+                self._stop = threading.Event()
+                self._thread = threading.Thread(
+                    target=self._run, args=(self._stop,), name=self._name, daemon=True
+                )
+                self._thread.start()
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+                if not self._listeners:
+                    self._stop.set()
+
+        return unsubscribe
+
+    def dispatch(self, channel: str, payload: str) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(channel, payload)
+            except Exception:
+                log.exception("durably change listener failed")
+
+    def _run(self, stop: threading.Event) -> None:
+        try:
+            self._loop(stop, self.dispatch)
+        except Exception:
+            log.exception("durably change listener thread stopped")
+
+    def close(self) -> None:
+        with self._lock:
+            self._listeners.clear()
+            self._stop.set()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2)

@@ -1,0 +1,140 @@
+"""Named SQL of the PostgreSQL backend (tables live in schema ``durably``)."""
+
+from __future__ import annotations
+
+from ..base import RUN_COLUMNS
+
+LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock(hashtext('durably.migrate'))"
+
+SCHEMA_EXISTS = "SELECT 1 FROM pg_namespace WHERE nspname = 'durably'"
+
+META_EXISTS = "SELECT to_regclass('durably.meta') IS NOT NULL"
+
+SCHEMA_TABLES = """
+SELECT table_name FROM information_schema.tables
+WHERE table_schema = 'durably' ORDER BY table_name
+"""
+
+CREATE_SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS durably;
+CREATE TABLE IF NOT EXISTS durably.meta (key text PRIMARY KEY, value text NOT NULL)
+"""
+
+GET_META = "SELECT value FROM durably.meta WHERE key = %s"
+
+SET_META = """
+INSERT INTO durably.meta (key, value) VALUES (%s, %s)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
+
+INSERT_RUN = f"""
+WITH ins AS (
+    INSERT INTO durably.runs (id, workflow, version, status, args, created_at, updated_at,
+                              parent_id, deadline, priority, epoch)
+    VALUES (%(id)s, %(workflow)s, %(version)s, 'pending', %(args)s, %(now)s, %(now)s,
+            %(parent_id)s, %(deadline)s, %(priority)s, 0)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING {RUN_COLUMNS}
+), notified AS (
+    SELECT pg_notify('durably_work', %(workflow)s) FROM ins
+)
+SELECT true, {RUN_COLUMNS} FROM ins, (SELECT count(*) FROM notified) n
+UNION ALL
+SELECT false, {RUN_COLUMNS} FROM durably.runs WHERE id = %(id)s AND NOT EXISTS (SELECT 1 FROM ins)
+"""
+
+GET_RUN = f"SELECT {RUN_COLUMNS} FROM durably.runs WHERE id = %s"
+
+LIST_RUNS = f"SELECT {RUN_COLUMNS} FROM durably.runs"
+
+LOAD_JOURNAL = """
+SELECT position, kind, name, payload, loc, at, seq, epoch
+FROM durably.journal WHERE run_id = %s ORDER BY seq
+"""
+
+CLAIM = f"""
+WITH fresh AS (
+    SELECT id FROM durably.runs
+    WHERE status = 'pending' AND workflow = ANY(%(wfs)s)
+    ORDER BY created_at LIMIT %(n)s FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT id FROM durably.runs
+    WHERE status = 'suspended' AND wake_at <= %(now)s AND workflow = ANY(%(wfs)s)
+      AND (owner IS NULL OR lease_until < %(now)s)
+    ORDER BY wake_at LIMIT %(n)s FOR UPDATE SKIP LOCKED
+), lapsed AS (
+    SELECT id FROM durably.runs
+    WHERE status = 'running' AND lease_until < %(now)s AND workflow = ANY(%(wfs)s)
+    ORDER BY lease_until LIMIT %(n)s FOR UPDATE SKIP LOCKED
+), chosen AS (
+    SELECT id FROM (
+        SELECT id FROM fresh UNION ALL SELECT id FROM due UNION ALL SELECT id FROM lapsed
+    ) c LIMIT %(n)s
+)
+UPDATE durably.runs r
+SET owner = %(me)s, epoch = r.epoch + 1, lease_until = %(lease)s, status = 'running',
+    wake_at = NULL, started_at = COALESCE(r.started_at, %(now)s), updated_at = %(now)s
+FROM chosen
+WHERE r.id = chosen.id
+RETURNING {", ".join("r." + c.strip() for c in RUN_COLUMNS.split(","))}
+"""
+
+OWNED = """
+SELECT id, epoch FROM durably.runs WHERE owner = %s AND id = ANY(%s) FOR NO KEY UPDATE
+"""
+
+INSERT_ENTRIES = """
+INSERT INTO durably.journal (run_id, seq, position, kind, name, payload, loc, at, epoch)
+SELECT * FROM unnest(%s::text[], %s::int[], %s::int[], %s::text[], %s::text[], %s::text[],
+                     %s::text[], %s::float8[], %s::bigint[])
+"""
+
+UPDATE_RUN = """
+UPDATE durably.runs
+SET status = COALESCE(%(status)s, status),
+    result = COALESCE(%(result)s, result),
+    error = COALESCE(%(error)s, error),
+    wake_at = %(wake_at)s,
+    owner = CASE WHEN %(release)s THEN NULL ELSE owner END,
+    lease_until = CASE WHEN NOT %(release)s THEN lease_until
+                       WHEN COALESCE(%(status)s, status) = 'running' THEN 0 END,
+    finished_at = CASE WHEN %(status)s IN ('completed', 'failed', 'cancelled')
+                       THEN %(now)s ELSE finished_at END,
+    version = COALESCE(%(version)s, version),
+    updated_at = %(now)s
+WHERE id = %(id)s
+"""
+
+NOTIFY = "SELECT pg_notify(%s, %s)"
+
+RENEW = """
+UPDATE durably.runs SET lease_until = %s
+WHERE owner = %s AND status IN ('running', 'suspended')
+"""
+
+RELEASE = """
+UPDATE durably.runs SET owner = NULL, updated_at = %s,
+    lease_until = CASE WHEN status = 'running' THEN 0 ELSE NULL END
+WHERE owner = %s AND id = ANY(%s)
+"""
+
+NEXT_DUE = """
+SELECT LEAST(
+    (SELECT MIN(wake_at) FROM durably.runs
+     WHERE status = 'suspended' AND workflow = ANY(%(wfs)s)),
+    (SELECT MIN(lease_until) FROM durably.runs
+     WHERE status = 'running' AND workflow = ANY(%(wfs)s)))
+"""
+
+GET_STATUS_FOR_UPDATE = "SELECT status FROM durably.runs WHERE id = %s FOR UPDATE"
+
+SET_STATUS = """
+UPDATE durably.runs
+SET status = %(status)s, owner = NULL, lease_until = NULL, wake_at = NULL,
+    error = CASE WHEN %(status)s = 'pending' THEN NULL ELSE error END,
+    finished_at = CASE WHEN %(status)s = 'pending' THEN NULL ELSE finished_at END,
+    updated_at = %(now)s
+WHERE id = %(id)s
+"""
+
+LISTEN = "LISTEN durably_work; LISTEN durably_done"

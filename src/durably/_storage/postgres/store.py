@@ -1,0 +1,326 @@
+"""PostgreSQL backend: many workers on many machines, one database.
+
+Claims use ``FOR UPDATE SKIP LOCKED`` so workers never queue behind each
+other; a commit locks the rows of the runs it writes (``FOR NO KEY UPDATE``)
+and checks their claim epoch, so a worker whose lease was taken over can
+never append to a run it no longer owns. Wake-ups arrive by
+``LISTEN/NOTIFY``; workers also poll rarely as a fallback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from ..._engine.journal import Entry
+from ..._errors import ConfigurationError, DatabaseError
+from ..base import (
+    CHANNEL_DONE,
+    TERMINAL,
+    Listener,
+    NewRun,
+    RunFilter,
+    RunRecord,
+    RunWrite,
+    Storage,
+)
+from ..common import SCHEMA_KEY, Listeners, check_version, migrations, split_statements
+from . import queries as q
+
+try:
+    import psycopg
+    import psycopg_pool
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ConfigurationError(
+        "PostgreSQL support needs the postgres extra: pip install 'durably[postgres]'"
+    ) from exc
+
+log = logging.getLogger("durably.storage")
+T = TypeVar("T")
+
+
+def _describe(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        return "the PostgreSQL database"
+    host = info.get("host", "localhost")
+    port = info.get("port", "5432")
+    name = info.get("dbname", "")
+    return f"PostgreSQL at {host}:{port}/{name}"
+
+
+class PostgresStorage(Storage):
+    backend = "postgres"
+
+    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+        self.url = url
+        self._where = _describe(url)
+        self._conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        self._pool = psycopg_pool.ConnectionPool(
+            self._conninfo,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True},
+            open=False,
+            check=psycopg_pool.ConnectionPool.check_connection,
+            name="durably",
+        )
+        self._opened = False
+        self._open_lock = threading.Lock()
+        self._listeners = Listeners("durably-pg-listen", self._listen_loop)
+
+    # -- connections -------------------------------------------------------
+    def _open(self) -> None:
+        with self._open_lock:
+            if self._opened:
+                return
+            try:
+                self._pool.open(wait=True, timeout=10.0)
+            except psycopg_pool.PoolTimeout as exc:
+                raise DatabaseError(self._unreachable(exc)) from None
+            self._opened = True
+
+    def _unreachable(self, exc: Exception) -> str:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return (
+            f"cannot reach {self._where}: {reason}. Is the server running, and is "
+            "DURABLY_DATABASE_URL (or --database) right?"
+        )
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        if not self._opened:
+            self._open()
+        try:
+            with self._pool.connection(timeout=30.0) as conn:
+                yield conn
+        except psycopg_pool.PoolTimeout as exc:
+            raise DatabaseError(self._unreachable(exc)) from None
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(self._unreachable(exc)) from None
+
+    def close(self) -> None:
+        self._listeners.close()
+        with contextlib.suppress(Exception):
+            self._pool.close(timeout=2.0)
+
+    # -- schema ----------------------------------------------------------------
+    def migrate(self) -> None:
+        try:
+            probe = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(self._unreachable(exc)) from None
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(f"{self._where}: bad connection URL ({exc})") from None
+        steps = migrations("durably._storage.postgres")
+        with probe:
+            with probe.transaction():
+                probe.execute(q.LOCK_MIGRATIONS)
+                schema = probe.execute(q.SCHEMA_EXISTS).fetchone()
+                has_meta = probe.execute(q.META_EXISTS).fetchone()[0]  # type: ignore[index]
+                if schema and not has_meta:
+                    tables = [r[0] for r in probe.execute(q.SCHEMA_TABLES)]
+                    if tables:
+                        raise DatabaseError(
+                            f"{self._where} has a schema 'durably' that durably did not "
+                            f"create (tables: {', '.join(tables[:5])}). Use another "
+                            "database, or rename that schema."
+                        )
+                current = 0
+                if has_meta:
+                    row = probe.execute(q.GET_META, (SCHEMA_KEY,)).fetchone()
+                    if row is None:
+                        raise DatabaseError(
+                            f"{self._where}: durably.meta has no schema version; the "
+                            "schema is damaged or not durably's"
+                        )
+                    current = int(row[0])
+                check_version(current, len(steps), self._where)
+                if current < len(steps):
+                    for statement in split_statements(q.CREATE_SCHEMA.replace(";", "\n;\n")):
+                        probe.execute(statement)  # type: ignore[arg-type]
+                    for step in steps[current:]:
+                        for statement in split_statements(step.sql):
+                            probe.execute(statement)  # type: ignore[arg-type]
+                        probe.execute(q.SET_META, (SCHEMA_KEY, str(step.version)))
+        self._open()
+
+    # -- runs ------------------------------------------------------------------
+    def create_run(self, run: NewRun) -> tuple[RunRecord, bool]:
+        params = {
+            "id": run.id,
+            "workflow": run.workflow,
+            "version": run.version,
+            "args": run.args,
+            "now": run.created_at,
+            "parent_id": run.parent_id,
+            "deadline": run.deadline,
+            "priority": run.priority,
+        }
+        with self._conn() as conn:
+            row = conn.execute(q.INSERT_RUN, params).fetchone()
+        if row is None:  # inserted and deleted in between: cannot happen, but be clear
+            raise DatabaseError(f"run {run.id!r} vanished while being created")
+        return RunRecord(*row[1:]), bool(row[0])
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        with self._conn() as conn:
+            row = conn.execute(q.GET_RUN, (run_id,)).fetchone()
+        return RunRecord(*row) if row else None
+
+    def list_runs(self, where: RunFilter) -> list[RunRecord]:
+        sql = q.LIST_RUNS
+        clauses: list[str] = []
+        params: list[Any] = []
+        if where.status:
+            clauses.append("status = %s")
+            params.append(where.status)
+        if where.workflow:
+            clauses.append("workflow = %s")
+            params.append(where.workflow)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY created_at DESC LIMIT %s"
+        params.append(where.limit)
+        with self._conn() as conn:
+            rows = conn.execute(sql, params).fetchall()  # type: ignore[call-overload]
+        return [RunRecord(*r) for r in rows]
+
+    def load_journal(self, run_id: str) -> list[Entry]:
+        with self._conn() as conn:
+            rows = conn.execute(q.LOAD_JOURNAL, (run_id,)).fetchall()
+        return [Entry(*r) for r in rows]
+
+    # -- workers ---------------------------------------------------------------
+    def claim(
+        self,
+        worker_id: str,
+        workflows: Sequence[str],
+        limit: int,
+        now: float,
+        lease_seconds: float,
+    ) -> list[RunRecord]:
+        if not workflows or limit <= 0:
+            return []
+        params = {
+            "me": worker_id,
+            "lease": now + lease_seconds,
+            "now": now,
+            "n": limit,
+            "wfs": list(workflows),
+        }
+        with self._conn() as conn:
+            rows = conn.execute(q.CLAIM, params).fetchall()
+        return [RunRecord(*r) for r in rows]
+
+    def commit(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> set[str]:
+        if not writes:
+            return set()
+        with self._conn() as conn, conn.transaction():
+            ids = [w.run_id for w in writes]
+            owned = dict(conn.execute(q.OWNED, (worker_id, ids)).fetchall())
+            rejected: set[str] = set()
+            cols: list[list[Any]] = [[] for _ in range(9)]
+            updates: list[dict[str, Any]] = []
+            done: list[str] = []
+            for w in writes:
+                if owned.get(w.run_id) != w.epoch:
+                    rejected.add(w.run_id)
+                    continue
+                for e in w.entries:
+                    for col, value in zip(
+                        cols,
+                        (
+                            w.run_id,
+                            e.seq,
+                            e.position,
+                            e.kind,
+                            e.name,
+                            e.payload,
+                            e.loc,
+                            e.at,
+                            w.epoch,
+                        ), strict=False,
+                    ):
+                        col.append(value)
+                u = w.update
+                if u is not None:
+                    updates.append(
+                        {
+                            "id": w.run_id,
+                            "status": u.status,
+                            "result": u.result,
+                            "error": u.error,
+                            "wake_at": u.wake_at,
+                            "release": u.release,
+                            "version": u.version,
+                            "now": now,
+                        }
+                    )
+                    if u.status in TERMINAL:
+                        done.append(w.run_id)
+            with conn.cursor() as cur:
+                if cols[0]:
+                    cur.execute(q.INSERT_ENTRIES, cols)
+                if updates:
+                    cur.executemany(q.UPDATE_RUN, updates)
+                for run_id in done:
+                    cur.execute(q.NOTIFY, (CHANNEL_DONE, run_id))
+        return rejected
+
+    def renew(self, worker_id: str, now: float, lease_seconds: float) -> int:
+        with self._conn() as conn:
+            return conn.execute(q.RENEW, (now + lease_seconds, worker_id)).rowcount
+
+    def release(self, worker_id: str, run_ids: Sequence[str], now: float) -> None:
+        if run_ids:
+            with self._conn() as conn:
+                conn.execute(q.RELEASE, (now, worker_id, list(run_ids)))
+
+    def next_due(self, workflows: Sequence[str], now: float) -> float | None:
+        if not workflows:
+            return None
+        with self._conn() as conn:
+            row = conn.execute(q.NEXT_DUE, {"wfs": list(workflows)}).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def set_status(
+        self, run_id: str, status: str, now: float, *, expect: Sequence[str] = ()
+    ) -> bool:
+        with self._conn() as conn, conn.transaction():
+            found = conn.execute(q.GET_STATUS_FOR_UPDATE, (run_id,)).fetchone()
+            if found is None or (expect and found[0] not in expect):
+                return False
+            conn.execute(q.SET_STATUS, {"status": status, "now": now, "id": run_id})
+            if status == "pending":
+                conn.execute(q.NOTIFY, ("durably_work", run_id))
+            return True
+
+    # -- wake-ups --------------------------------------------------------------
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        return self._listeners.subscribe(listener)
+
+    def _listen_loop(self, stop: threading.Event, dispatch: Listener) -> None:
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(q.LISTEN.split(";")[0])
+                    conn.execute(q.LISTEN.split(";")[1])
+                    delay = 0.1
+                    # Anything may have happened while we were not listening.
+                    dispatch("", "")
+                    while not stop.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            dispatch(note.channel, note.payload)
+            except psycopg.Error as exc:
+                if stop.is_set():
+                    return
+                log.debug("LISTEN connection lost (%s); reconnecting", exc)
+                stop.wait(delay)
+                delay = min(delay * 2, 5.0)

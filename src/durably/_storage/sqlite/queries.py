@@ -1,0 +1,139 @@
+"""Named SQL of the SQLite backend."""
+
+from __future__ import annotations
+
+from ..base import RUN_COLUMNS
+
+CREATE_META = """
+CREATE TABLE IF NOT EXISTS durably_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)
+"""
+
+GET_META = "SELECT value FROM durably_meta WHERE key = ?"
+
+SET_META = """
+INSERT INTO durably_meta (key, value) VALUES (?, ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
+
+USER_TABLES = """
+SELECT name FROM sqlite_master
+WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name
+"""
+
+INSERT_RUN = """
+INSERT INTO durably_runs (id, workflow, version, status, args, created_at, updated_at,
+                          parent_id, deadline, priority, epoch)
+VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, 0)
+ON CONFLICT (id) DO NOTHING
+"""
+
+GET_RUN = f"SELECT {RUN_COLUMNS} FROM durably_runs WHERE id = ?"
+
+LIST_RUNS = f"SELECT {RUN_COLUMNS} FROM durably_runs"
+
+LOAD_JOURNAL = """
+SELECT position, kind, name, payload, loc, at, seq, epoch
+FROM durably_journal WHERE run_id = ? ORDER BY seq
+"""
+
+
+def workflow_params(workflows: list[str]) -> dict[str, str]:
+    return {f"wf{i}": w for i, w in enumerate(workflows)}
+
+
+def _wf_list(n_workflows: int) -> str:
+    return ", ".join(f":wf{i}" for i in range(n_workflows))
+
+
+def claim(n_workflows: int) -> str:
+    wf = _wf_list(n_workflows)
+    return f"""
+UPDATE durably_runs
+SET owner = :me, epoch = epoch + 1, lease_until = :lease, status = 'running',
+    wake_at = NULL, started_at = COALESCE(started_at, :now), updated_at = :now
+WHERE id IN (
+    SELECT id FROM (
+        SELECT id FROM durably_runs
+        WHERE status = 'pending' AND workflow IN ({wf})
+        ORDER BY created_at LIMIT :n)
+    UNION ALL
+    SELECT id FROM (
+        SELECT id FROM durably_runs
+        WHERE status = 'suspended' AND wake_at <= :now AND workflow IN ({wf})
+          AND (owner IS NULL OR lease_until < :now)
+        ORDER BY wake_at LIMIT :n)
+    UNION ALL
+    SELECT id FROM (
+        SELECT id FROM durably_runs
+        WHERE status = 'running' AND lease_until < :now AND workflow IN ({wf})
+        ORDER BY lease_until LIMIT :n)
+    LIMIT :n)
+RETURNING {RUN_COLUMNS}
+"""
+
+
+def owned(n_ids: int) -> str:
+    return (
+        "SELECT id, epoch FROM durably_runs WHERE owner = ? AND id IN ("
+        + ", ".join("?" * n_ids)
+        + ")"
+    )
+
+
+INSERT_ENTRY = """
+INSERT INTO durably_journal (run_id, seq, position, kind, name, payload, loc, at, epoch)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+UPDATE_RUN = """
+UPDATE durably_runs
+SET status = COALESCE(:status, status),
+    result = COALESCE(:result, result),
+    error = COALESCE(:error, error),
+    wake_at = :wake_at,
+    owner = CASE WHEN :release THEN NULL ELSE owner END,
+    lease_until = CASE WHEN NOT :release THEN lease_until
+                       WHEN COALESCE(:status, status) = 'running' THEN 0 END,
+    finished_at = CASE WHEN :status IN ('completed', 'failed', 'cancelled')
+                       THEN :now ELSE finished_at END,
+    version = COALESCE(:version, version),
+    updated_at = :now
+WHERE id = :id
+"""
+
+RENEW = """
+UPDATE durably_runs SET lease_until = ? WHERE owner = ? AND status IN ('running', 'suspended')
+"""
+
+
+def release(n_ids: int) -> str:
+    return (
+        "UPDATE durably_runs SET owner = NULL, updated_at = ?, "
+        "lease_until = CASE WHEN status = 'running' THEN 0 ELSE NULL END "
+        "WHERE owner = ? AND id IN (" + ", ".join("?" * n_ids) + ")"
+    )
+
+
+def next_due(n_workflows: int) -> str:
+    wf = _wf_list(n_workflows)
+    return f"""
+SELECT MIN(t) FROM (
+    SELECT MIN(wake_at) AS t FROM durably_runs
+    WHERE status = 'suspended' AND workflow IN ({wf})
+    UNION ALL
+    SELECT MIN(lease_until) AS t FROM durably_runs
+    WHERE status = 'running' AND workflow IN ({wf})
+)
+"""
+
+
+SET_STATUS = """
+UPDATE durably_runs
+SET status = :status, owner = NULL, lease_until = NULL, wake_at = NULL,
+    error = CASE WHEN :status = 'pending' THEN NULL ELSE error END,
+    finished_at = CASE WHEN :status = 'pending' THEN NULL ELSE finished_at END,
+    updated_at = :now
+WHERE id = :id
+"""
+
+DATA_VERSION = "PRAGMA data_version"

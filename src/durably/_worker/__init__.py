@@ -1,0 +1,1 @@
+"""The worker: claiming, leases, timers, concurrency; it drives the engine."""

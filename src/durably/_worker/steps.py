@@ -1,0 +1,105 @@
+"""Executing one attempt of a step and turning its outcome into an entry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import json
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from .. import _serde
+from .._engine.instance import StepCall, current_step_key
+from .._engine.journal import Entry, Kind
+from .._errors import PayloadError, StepTimeout, describe_exception
+
+
+def is_async_callable(fn: Any) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
+async def run_attempt(
+    call: StepCall, key: str, executor: Executor, loop: asyncio.AbstractEventLoop
+) -> Any:
+    """Run ``call.fn`` once (with its timeout) and return its raw result."""
+    current_step_key.set(key)
+    fn, args, kwargs = call.fn, call.args, call.kwargs
+    if is_async_callable(fn):
+        awaitable = fn(*args, **kwargs)
+    else:
+        ctx = contextvars.copy_context()
+        bound = functools.partial(ctx.run, fn, *args, **kwargs)
+        awaitable = loop.run_in_executor(executor, bound)
+    try:
+        if call.timeout is not None:
+            result = await asyncio.wait_for(awaitable, call.timeout)
+        else:
+            result = await awaitable
+        if inspect.isawaitable(result):  # a def wrapping an async call: finish it here
+            result = await (
+                asyncio.wait_for(result, call.timeout) if call.timeout is not None else result
+            )
+    except asyncio.TimeoutError:
+        raise StepTimeout(
+            f"step {call.name!r} attempt {call.attempt} ran past its {call.timeout}s timeout"
+        ) from None
+    return result
+
+
+def success_entry(call: StepCall, result: Any, now: float, limit: int) -> Entry:
+    payload = _serde.encode(result, what=f"the result of step {call.name!r}", limit=limit)
+    return Entry(call.position, Kind.STEP, call.name, payload, call.loc, now)
+
+
+def failure_entry(call: StepCall, error: BaseException, now: float) -> Entry:
+    info: dict[str, Any] = describe_exception(error)
+    info["attempts"] = call.attempt
+    return Entry(call.position, Kind.STEP_FAILED, call.name, json.dumps(info), call.loc, now)
+
+
+def attempt_entry(call: StepCall, error: BaseException, now: float, next_at: float) -> Entry:
+    info: dict[str, Any] = describe_exception(error)
+    info["attempt"] = call.attempt
+    info["next_at"] = next_at
+    return Entry(call.position, Kind.ATTEMPT, call.name, json.dumps(info), call.loc, now)
+
+
+async def execute(
+    call: StepCall,
+    key: str,
+    executor: Executor,
+    loop: asyncio.AbstractEventLoop,
+    clock: Callable[[], float],
+    limit: int,
+) -> tuple[Entry, StepCall | None]:
+    """One attempt. Returns the entry to journal and, if retrying, the next call."""
+    try:
+        result = await run_attempt(call, key, executor, loop)
+        return success_entry(call, result, clock(), limit), None
+    except PayloadError as exc:
+        return failure_entry(call, exc, clock()), None
+    except Exception as exc:  # noqa: BLE001 - a step's error is data
+        now = clock()
+        if not call.retry.retries(call.attempt, exc):
+            return failure_entry(call, exc, now), None
+        next_at = now + call.retry.delay(call.attempt)
+        retry = StepCall(
+            call.position,
+            call.name,
+            call.fn,
+            call.args,
+            call.kwargs,
+            call.retry,
+            call.timeout,
+            call.loc,
+            attempt=call.attempt + 1,
+            not_before=next_at,
+        )
+        return attempt_entry(call, exc, now, next_at), retry

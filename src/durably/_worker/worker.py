@@ -1,0 +1,226 @@
+"""The worker: claims runnable runs, renews their leases, drives them.
+
+One worker lives on one asyncio loop. It claims runs in batches up to its
+concurrency, renews the leases of everything it holds with one statement per
+renewal period, and sleeps until something could be claimable: a
+notification (PostgreSQL NOTIFY, a SQLite commit seen through
+``data_version``, or a start in this process), the next due timer or lapsing
+lease, or the polling fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from .._storage.base import CHANNEL_WORK, RunRecord, Storage
+from .committer import Committer
+from .driver import RunDriver, WorkflowSpec
+
+log = logging.getLogger("durably.worker")
+T = TypeVar("T")
+
+CLAIM_BATCH = 256
+MIN_CLAIM_GAP = 0.005  # seconds between claims triggered by notifications
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        workflows: Mapping[str, WorkflowSpec],
+        concurrency: int = 100,
+        lease_seconds: float = 30.0,
+        suspend_after: float = 1.0,
+        poll_interval: float = 5.0,
+        payload_limit: int,
+        clock: Callable[[], float] = time.time,
+        on_done: Callable[[str], None] | None = None,
+        subscribe_local: Callable[[Callable[[str, str], None]], Callable[[], None]] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.id = new_worker_id()
+        self.storage = storage
+        self.workflows = dict(workflows)
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.suspend_after = suspend_after
+        self.poll_interval = poll_interval
+        self.payload_limit = payload_limit
+        self.clock = clock
+        self._on_done = on_done
+        self._subscribe_local = subscribe_local
+        self.drivers: dict[str, RunDriver] = {}
+        self._stopping = False
+        self._started = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._unsubscribe: list[Callable[[], None]] = []
+        self.claimed_total = 0
+
+    # -- lifecycle ---------------------------------------------------------
+    async def start(self) -> None:
+        if self._started:
+            raise RuntimeError("worker already started")
+        self._started = True
+        self.loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self.io_threads = ThreadPoolExecutor(4, thread_name_prefix="durably-io")
+        self.step_threads = ThreadPoolExecutor(
+            max(8, min(self.concurrency, 64)), thread_name_prefix="durably-step"
+        )
+        self.workflow_threads = ThreadPoolExecutor(
+            self.concurrency, thread_name_prefix="durably-workflow"
+        )
+        await self.io(self.storage.migrate)
+        self.committer = Committer(self.storage, self.id, self.clock, self.loop)
+        self._unsubscribe.append(self.storage.subscribe(self._notified))
+        if self._subscribe_local is not None:
+            self._unsubscribe.append(self._subscribe_local(self._notified))
+        self._tasks = [
+            self.loop.create_task(self._claim_loop(), name="durably-claim"),
+            self.loop.create_task(self._renew_loop(), name="durably-renew"),
+        ]
+        log.info(
+            "worker %s started: workflows %s, concurrency %d, database %s",
+            self.id,
+            sorted(self.workflows),
+            self.concurrency,
+            self.storage.backend,
+        )
+
+    async def stop(self, drain_timeout: float = 5.0) -> None:
+        """Stop claiming, let executing steps finish (up to ``drain_timeout``
+        seconds) and hand every run back so other workers take it at once."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        for driver in list(self.drivers.values()):
+            driver.drain()
+        pending = [d.task for d in self.drivers.values() if d.task is not None]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=drain_timeout)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=2.0)
+        held = list(self.drivers)
+        if held:
+            try:
+                await self.io(self.storage.release, self.id, held, self.clock())
+            except Exception as exc:  # noqa: BLE001 - their leases lapse instead
+                log.warning("could not release %d runs: %s", len(held), exc)
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        await self.loop.run_in_executor(None, self.committer.stop)
+        self.io_threads.shutdown(wait=False)
+        self.step_threads.shutdown(wait=False)
+        self.workflow_threads.shutdown(wait=False)
+        log.info("worker %s stopped", self.id)
+
+    # -- helpers for drivers ---------------------------------------------------
+    async def io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self.loop.run_in_executor(self.io_threads, fn, *args)
+
+    def driver_done(self, driver: RunDriver) -> None:
+        if self.drivers.get(driver.run_id) is driver:
+            del self.drivers[driver.run_id]
+        if not self._stopping:
+            self._wake.set()
+
+    def run_ended(self, run_id: str) -> None:
+        if self._on_done is not None:
+            self._on_done(run_id)
+
+    def wake(self) -> None:
+        """Look for work now (thread-safe)."""
+        try:
+            self.loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:
+            pass
+
+    def _notified(self, channel: str, payload: str) -> None:
+        if channel in ("", CHANNEL_WORK):
+            self.wake()
+
+    # -- loops -----------------------------------------------------------------
+    async def _claim_loop(self) -> None:
+        names = sorted(self.workflows)
+        backoff = 0.1
+        while not self._stopping:
+            try:
+                self._wake.clear()
+                room = self.concurrency - len(self.drivers)
+                want = min(room, CLAIM_BATCH)
+                claimed: list[RunRecord] = []
+                if want > 0:
+                    claimed = await self.io(
+                        self.storage.claim,
+                        self.id,
+                        names,
+                        want,
+                        self.clock(),
+                        self.lease_seconds,
+                    )
+                    for record in claimed:
+                        self._spawn(record)
+                backoff = 0.1
+                if claimed and len(claimed) == want:
+                    continue  # there may be more
+                timeout = self.poll_interval
+                if room > len(claimed):
+                    due = await self.io(self.storage.next_due, names, self.clock())
+                    if due is not None:
+                        timeout = min(timeout, max(due - self.clock(), 0.05))
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+                await asyncio.sleep(MIN_CLAIM_GAP)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - database trouble: back off, retry
+                log.warning("claiming runs failed (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _spawn(self, record: RunRecord) -> None:
+        spec = self.workflows.get(record.workflow)
+        if spec is None or record.id in self.drivers:
+            return
+        self.claimed_total += 1
+        driver = RunDriver(self, record, spec)
+        self.drivers[record.id] = driver
+        driver.task = self.loop.create_task(driver.run(), name=f"durably-run-{record.id}")
+
+    async def _renew_loop(self) -> None:
+        period = max(self.lease_seconds / 3.0, 0.05)
+        while not self._stopping:
+            await asyncio.sleep(period)
+            if not self.drivers:
+                continue
+            try:
+                await self.io(self.storage.renew, self.id, self.clock(), self.lease_seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - commits are fenced anyway
+                log.warning("renewing leases failed: %s", exc)
