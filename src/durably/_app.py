@@ -182,6 +182,11 @@ class App:
                     self._storage = storage
         return self._storage
 
+    def use_database(self, url: str) -> None:
+        """Point this app at another database (closes the current connections)."""
+        self.close()
+        self.database_url = _config.database_url(url)
+
     def close(self) -> None:
         """Close database connections (a new call reopens them)."""
         with self._storage_lock:

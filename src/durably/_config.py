@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 from ._errors import ConfigurationError
@@ -38,6 +39,11 @@ def lease_seconds(explicit: float | None = None) -> float:
             value = float(raw)
         except ValueError:
             raise ConfigurationError(f"{ENV_LEASE}={raw!r} is not a number of seconds") from None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ConfigurationError(f"{source} must be a positive number of seconds, not {value!r}")
     return float(value)

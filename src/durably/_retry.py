@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ._errors import ConfigurationError
@@ -24,14 +25,33 @@ class Retry:
     non_retryable: tuple[type[BaseException], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+        if isinstance(self.non_retryable, type):  # a single class instead of a tuple
+            object.__setattr__(self, "non_retryable", (self.non_retryable,))
+        elif not isinstance(self.non_retryable, tuple):
+            try:
+                object.__setattr__(self, "non_retryable", tuple(self.non_retryable))
+            except TypeError:
+                raise ConfigurationError(
+                    f"Retry(non_retryable={self.non_retryable!r}): give a tuple of "
+                    "exception classes"
+                ) from None
+        if (
+            not isinstance(self.max_attempts, int)
+            or isinstance(self.max_attempts, bool)
+            or self.max_attempts < 1
+        ):
             raise ConfigurationError(
                 f"Retry(max_attempts={self.max_attempts!r}): must be an int >= 1 "
                 "(it counts all attempts; 1 means no retry)"
             )
         for name in ("initial", "backoff", "max_interval"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise ConfigurationError(f"Retry({name}={value!r}): must be a number >= 0")
         if self.backoff < 1:
             raise ConfigurationError(
@@ -43,7 +63,12 @@ class Retry:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        return float(min(self.initial * self.backoff ** (attempt - 1), self.max_interval))
+        attempt = max(int(attempt), 1)
+        try:
+            wait = self.initial * self.backoff ** (attempt - 1)
+        except OverflowError:
+            return float(self.max_interval)
+        return float(min(wait, self.max_interval))
 
     def retries(self, attempt: int, error: BaseException) -> bool:
         """Whether a failure of attempt ``attempt`` with ``error`` is tried again."""

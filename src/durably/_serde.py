@@ -61,8 +61,8 @@ def encode(value: Any, *, what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> 
             f"{what} cannot be stored as JSON: {exc}. Use JSON values, dataclasses, "
             "pydantic models, datetimes, UUIDs, Decimals, enums or bytes."
         ) from None
-    if limit and len(text) > limit:
-        # Only compute the exact byte size when the cheap length check is close.
+    if limit and len(text) * 4 > limit:
+        # A character is at most 4 bytes in UTF-8: only count bytes when close.
         size = len(text.encode("utf-8"))
         if size > limit:
             raise PayloadError(
@@ -107,17 +107,42 @@ def convert(value: Any, tp: Any) -> Any:
             return tuple(value)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(convert(v, args[0]) for v in value)
-        return tuple(convert(v, a) for v, a in zip(value, args, strict=False))
+        if len(args) != len(value):  # not what the annotation says: keep every item
+            return tuple(value)
+        return tuple(convert(v, a) for v, a in zip(value, args, strict=True))
     if origin in (dict, typing.Dict) or tp is dict:  # noqa: UP006
         args = get_args(tp) or (Any, Any)
         if not isinstance(value, dict):
             return value
-        return {convert(k, args[0]): convert(v, args[1]) for k, v in value.items()}
+        return {_convert_key(k, args[0]): convert(v, args[1]) for k, v in value.items()}
     if origin is not None:
         return value
     if not isinstance(tp, type):
         return value
     return _convert_class(value, tp)
+
+
+def _convert_key(key: Any, tp: Any) -> Any:
+    """JSON object keys are strings: turn them back into numbers when annotated so."""
+    if isinstance(key, str) and tp in (int, float):
+        try:
+            return tp(key)
+        except ValueError:
+            return key
+    return convert(key, tp)
+
+
+def _fits_dataclass(value: Any, tp: Any) -> bool:
+    if not (dataclasses.is_dataclass(tp) and isinstance(value, dict)):
+        return False
+    fields = {f.name: f for f in dataclasses.fields(tp)}
+    required = {
+        name for name, f in fields.items()
+        if f.init
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    }
+    return set(value) <= set(fields) and required <= set(value)
 
 
 def _convert_union(value: Any, options: tuple[Any, ...]) -> Any:
@@ -129,7 +154,14 @@ def _convert_union(value: Any, options: tuple[Any, ...]) -> Any:
     for option in real:
         if isinstance(option, type) and _already(value, option):
             return value
+    # Dataclasses: only one whose fields match the keys exactly, never a guess
+    # that would drop data.
     for option in real:
+        if _fits_dataclass(value, option):
+            return convert(value, option)
+    for option in real:
+        if dataclasses.is_dataclass(option):
+            continue
         try:
             return convert(value, option)
         except Exception:  # noqa: BLE001 - try the next member of the union

@@ -164,9 +164,14 @@ class PostgresStorage(Storage):
         }
         with self._conn() as conn:
             row = conn.execute(q.INSERT_RUN, params).fetchone()
-        if row is None:  # inserted and deleted in between: cannot happen, but be clear
+            if row is not None:
+                return RunRecord(*row[1:]), bool(row[0])
+            # Another transaction inserted this id after our statement's
+            # snapshot was taken: a new statement sees its row.
+            existing = conn.execute(q.GET_RUN, (run.id,)).fetchone()
+        if existing is None:
             raise DatabaseError(f"run {run.id!r} vanished while being created")
-        return RunRecord(*row[1:]), bool(row[0])
+        return RunRecord(*existing), False
 
     def get_run(self, run_id: str) -> RunRecord | None:
         with self._conn() as conn:

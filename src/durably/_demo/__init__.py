@@ -1,0 +1,1 @@
+"""``durably demo``: the signup flow surviving a SIGKILL."""

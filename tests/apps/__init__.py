@@ -1,0 +1,1 @@
+"""Workflow modules that test worker processes import (``apps.<name>:app``)."""
