@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from . import _config, _serde
 from ._errors import ConfigurationError, PayloadError, RunNotFound, UnknownWorkflowError
@@ -34,6 +34,8 @@ from ._worker.worker import Worker
 
 log = logging.getLogger("durably")
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+P = ParamSpec("P")
 
 # Waiters re-read the run at least this often even if no notification came.
 _RESULT_POLL = 2.0
@@ -376,6 +378,6 @@ def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
     )
 
 
-async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+async def _in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))

@@ -91,13 +91,15 @@ class Context:
         The run is suspended (no memory, no thread) and wakes on any worker.
         """
         if duration is None and not isinstance(name, str):
-            name, duration = "sleep", name
-        if not isinstance(name, str) or duration is None:
+            label, duration = "sleep", name
+        elif isinstance(name, str) and duration is not None:
+            label = name
+        else:
             raise ConfigurationError("use ctx.sleep(name, duration)")
-        seconds = to_seconds(duration, f"ctx.sleep({name!r}, ...) duration")
+        seconds = to_seconds(duration, f"ctx.sleep({label!r}, ...) duration")
         instance = self._instance
         return instance.sleep(  # type: ignore[attr-defined]
-            name, instance.clock() + seconds, caller_location()
+            label, instance.clock() + seconds, caller_location()
         )
 
     def sleep_until(self, name: str, when: dt.datetime) -> Any:

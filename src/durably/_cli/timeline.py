@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from .._engine.journal import Entry, Kind
 from .._storage.base import RunRecord
@@ -24,7 +25,7 @@ def _when(stamp: float | None) -> str:
 
 
 def _detail(entry: Entry, origin: float) -> str:
-    info = json.loads(entry.payload) if entry.payload else None
+    info: Any = json.loads(entry.payload) if entry.payload else {}
     if entry.kind == Kind.STEP:
         return "-> " + _clip(entry.payload or "null")
     if entry.kind == Kind.STEP_FAILED:

@@ -134,8 +134,8 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     def default_exception_handler(self, context: dict[str, Any]) -> None:
         self.call_exception_handler(context)
 
-    call_soon_threadsafe = _no_io("call_soon_threadsafe")
-    run_in_executor = _no_io("run_in_executor")
+    call_soon_threadsafe = _no_io("call_soon_threadsafe")  # type: ignore[assignment]
+    run_in_executor = _no_io("run_in_executor")  # type: ignore[assignment]
     getaddrinfo = _no_io("getaddrinfo")
     create_connection = _no_io("create_connection")
     create_server = _no_io("create_server")
@@ -144,8 +144,8 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     sock_connect = _no_io("sock_connect")
     sock_recv = _no_io("sock_recv")
     sock_sendall = _no_io("sock_sendall")
-    add_reader = _no_io("add_reader")
-    add_writer = _no_io("add_writer")
+    add_reader = _no_io("add_reader")  # type: ignore[assignment]
+    add_writer = _no_io("add_writer")  # type: ignore[assignment]
     run_until_complete = _no_io("run_until_complete")
     run_forever = _no_io("run_forever")
 
@@ -167,7 +167,7 @@ class AsyncInstance(Instance):
     def __init__(self, info: RunInfo, body: Callable[[], Awaitable[Any]]) -> None:
         super().__init__(info)
         self._body = body
-        self._loop = WorkflowLoop(self)
+        self._loop = WorkflowLoop(self)  # type: ignore[abstract]
         self._waiting: dict[int, Callable[[Any, BaseException | None], None]] = {}
         self._loop_timers: dict[int, int] = {}
         self._task: asyncio.Task[Any] | None = None
@@ -279,7 +279,7 @@ class AsyncInstance(Instance):
         for waiter in waiting:
             waiter(None, Abandoned())
         self._loop.run_ready()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            self._loop.run_ready()
+        for task in asyncio.all_tasks(self._loop):  # type: ignore[arg-type]
+            task.cancel()
+        self._loop.run_ready()
         self._loop_timers.clear()

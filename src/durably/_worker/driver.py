@@ -300,8 +300,8 @@ class RunDriver:
         self._timers.clear()
         self._retries.clear()
         self._active.clear()
-        if self.instance is not None and not self.instance.done:
-            self.instance.abandon()
+        if self.instance is not None:
+            self.instance.abandon()  # also cancels tasks a finished workflow left behind
 
 
 def _ended(outcome: Outcome) -> RunUpdate:

@@ -1,0 +1,760 @@
+"""The storage interface, on a real SQLite file and a real PostgreSQL database.
+
+Time is a parameter of every call (``now``), so leases and timers are driven
+here by explicit numbers, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from durably._engine.journal import Entry
+from durably._storage import open_storage
+from durably._storage.base import NewRun, RunFilter, RunUpdate, RunWrite, Storage
+
+T0 = 1_700_000_000.0
+LEASE = 10.0
+
+
+@pytest.fixture
+def storage(database_url: str) -> Iterator[Storage]:
+    store = open_storage(database_url)
+    store.migrate()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def other(database_url: str, storage: Storage) -> Iterator[Storage]:
+    """A second, independent connection to the same database (another process)."""
+    store = open_storage(database_url)
+    store.migrate()
+    yield store
+    store.close()
+
+
+def new_run(
+    run_id: str,
+    workflow: str = "wf",
+    created_at: float = T0,
+    args: str = '["a", 1]',
+    **extra: Any,
+) -> NewRun:
+    return NewRun(
+        id=run_id, workflow=workflow, version="v1", args=args, created_at=created_at, **extra
+    )
+
+
+def entry(seq: int, position: int | None = None, epoch: int = 1, **kw: Any) -> Entry:
+    fields: dict[str, Any] = {
+        "position": seq if position is None else position,
+        "kind": "step",
+        "name": f"step-{seq}",
+        "payload": json.dumps({"seq": seq}),
+        "loc": f"app.py:{10 + seq}",
+        "at": T0 + seq,
+        "seq": seq,
+        "epoch": epoch,
+    }
+    fields.update(kw)
+    return Entry(**fields)
+
+
+def claim_one(store: Storage, worker: str, now: float, workflows: tuple[str, ...] = ("wf",)):
+    runs = store.claim(worker, list(workflows), 10, now, LEASE)
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+# -- create_run / get_run / list_runs ---------------------------------------------------------
+
+
+def test_create_run_is_idempotent_by_id(storage: Storage, other: Storage) -> None:
+    first, created = storage.create_run(
+        new_run("order-1", parent_id="parent-0", deadline=T0 + 99, priority=3)
+    )
+    assert created is True
+    assert (first.id, first.workflow, first.version, first.args) == (
+        "order-1",
+        "wf",
+        "v1",
+        '["a", 1]',
+    )
+    assert first.status == "pending"
+    assert (first.owner, first.epoch, first.lease_until, first.wake_at) == (None, 0, None, None)
+    assert (first.created_at, first.updated_at) == (T0, T0)
+    assert (first.started_at, first.finished_at, first.result, first.error) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    assert (first.parent_id, first.deadline, first.priority) == ("parent-0", T0 + 99, 3)
+
+    # Starting the same id again (from any connection) returns the original row.
+    for store in (storage, other):
+        again, created = store.create_run(
+            new_run("order-1", workflow="other", created_at=T0 + 50, args='["b"]')
+        )
+        assert created is False
+        assert again == first
+    assert storage.get_run("order-1") == first
+    assert [r.id for r in storage.list_runs(RunFilter(limit=10))] == ["order-1"]
+
+
+def test_create_run_of_a_claimed_run_returns_its_current_state(storage: Storage) -> None:
+    storage.create_run(new_run("r"))
+    claimed = claim_one(storage, "w1", T0 + 1)
+    again, created = storage.create_run(new_run("r"))
+    assert created is False
+    assert again == claimed
+    assert again.status == "running" and again.epoch == 1
+
+
+def test_concurrent_create_of_one_id_creates_it_once(database_url: str) -> None:
+    n = 6
+    stores = [open_storage(database_url) for _ in range(n)]
+    for s in stores:
+        s.migrate()
+    barrier = threading.Barrier(n, timeout=10)
+    results: list[tuple[bool, str]] = []
+    errors: list[BaseException] = []
+
+    def create(store: Storage, i: int) -> None:
+        try:
+            barrier.wait()
+            record, created = store.create_run(new_run("same", args=f"[{i}]"))
+            results.append((created, record.args))
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create, args=(s, i)) for i, s in enumerate(stores)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=20)
+        assert not any(t.is_alive() for t in threads)
+        assert errors == []
+        assert sorted(c for c, _ in results) == [False] * (n - 1) + [True]
+        winner = next(args for c, args in results if c)
+        assert {args for _, args in results} == {winner}
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_get_run_and_journal_of_unknown_id(storage: Storage) -> None:
+    assert storage.get_run("missing") is None
+    assert storage.load_journal("missing") == []
+
+
+def test_list_runs_filters_and_orders(storage: Storage) -> None:
+    storage.create_run(new_run("a1", "a", T0 + 1))
+    storage.create_run(new_run("b1", "b", T0 + 2))
+    storage.create_run(new_run("a2", "a", T0 + 3))
+    storage.claim("w", ["b"], 10, T0 + 4, LEASE)
+    assert [r.id for r in storage.list_runs(RunFilter())] == ["a2", "b1", "a1"]
+    assert [r.id for r in storage.list_runs(RunFilter(workflow="a"))] == ["a2", "a1"]
+    assert [r.id for r in storage.list_runs(RunFilter(status="running"))] == ["b1"]
+    assert [r.id for r in storage.list_runs(RunFilter(status="pending", workflow="b"))] == []
+    assert [r.id for r in storage.list_runs(RunFilter(limit=1))] == ["a2"]
+
+
+# -- claim -------------------------------------------------------------------------------
+
+
+def test_claim_takes_pending_runs_of_requested_workflows_only(storage: Storage) -> None:
+    storage.create_run(new_run("a-1", "a"))
+    storage.create_run(new_run("b-1", "b"))
+    storage.create_run(new_run("c-1", "c"))
+    now = T0 + 5
+
+    assert storage.claim("w1", [], 10, now, LEASE) == []
+    assert storage.claim("w1", ["zzz"], 10, now, LEASE) == []
+    claimed = storage.claim("w1", ["a", "c"], 10, now, LEASE)
+    assert sorted(r.id for r in claimed) == ["a-1", "c-1"]
+    for r in claimed:
+        assert r.status == "running"
+        assert r.owner == "w1"
+        assert r.epoch == 1
+        assert r.lease_until == pytest.approx(now + LEASE)
+        assert r.started_at == now and r.updated_at == now
+        assert storage.get_run(r.id) == r
+
+    b = storage.get_run("b-1")
+    assert b is not None and b.status == "pending" and b.owner is None and b.epoch == 0
+    # Nothing more for anyone: a and c are held, b is not asked for.
+    assert storage.claim("w2", ["a", "c"], 10, now + 1, LEASE) == []
+    assert [r.id for r in storage.claim("w2", ["b"], 10, now + 1, LEASE)] == ["b-1"]
+
+
+def test_claim_respects_limit_oldest_first(storage: Storage) -> None:
+    for i in range(5):
+        storage.create_run(new_run(f"r{i}", created_at=T0 + (5 - i)))  # r4 oldest
+    assert storage.claim("w", ["wf"], 0, T0 + 10, LEASE) == []
+    first = storage.claim("w", ["wf"], 2, T0 + 10, LEASE)
+    assert sorted(r.id for r in first) == ["r3", "r4"]
+    rest = storage.claim("w", ["wf"], 10, T0 + 10, LEASE)
+    assert sorted(r.id for r in rest) == ["r0", "r1", "r2"]
+
+
+def test_valid_lease_blocks_other_workers_until_it_lapses(storage: Storage, other: Storage) -> None:
+    storage.create_run(new_run("r"))
+    mine = claim_one(storage, "w1", T0)
+    assert mine.lease_until == pytest.approx(T0 + LEASE)
+
+    assert other.claim("w2", ["wf"], 10, T0 + 1, LEASE) == []
+    assert other.claim("w2", ["wf"], 10, T0 + LEASE - 0.001, LEASE) == []
+    assert other.claim("w2", ["wf"], 10, T0 + LEASE, LEASE) == []  # not yet past it
+
+    later = T0 + LEASE + 0.5
+    theirs = claim_one(other, "w2", later)
+    assert theirs.id == "r"
+    assert theirs.owner == "w2"
+    assert theirs.epoch == 2
+    assert theirs.lease_until == pytest.approx(later + LEASE)
+    assert theirs.started_at == T0  # first start is kept
+    assert storage.claim("w1", ["wf"], 10, later + 1, LEASE) == []
+
+
+def test_concurrent_claims_never_hand_out_a_run_twice(database_url: str) -> None:
+    n_workers, n_runs = 4, 120
+    stores = [open_storage(database_url) for _ in range(n_workers)]
+    for s in stores:
+        s.migrate()
+    for i in range(n_runs):
+        stores[0].create_run(new_run(f"r{i:03}", created_at=T0 + i))
+    barrier = threading.Barrier(n_workers, timeout=10)
+    got: dict[str, list[str]] = {f"w{i}": [] for i in range(n_workers)}
+    errors: list[BaseException] = []
+
+    def work(store: Storage, me: str) -> None:
+        try:
+            barrier.wait()
+            while True:
+                runs = store.claim(me, ["wf"], 7, T0 + 1000, 60.0)
+                if not runs:
+                    return
+                got[me].extend(r.id for r in runs)
+                assert all(r.owner == me and r.epoch == 1 for r in runs)
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s, f"w{i}")) for i, s in enumerate(stores)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert not any(t.is_alive() for t in threads)
+        assert errors == []
+        everything = [rid for ids in got.values() for rid in ids]
+        assert len(everything) == len(set(everything)) == n_runs
+        for me, ids in got.items():
+            for rid in ids[:5]:
+                record = stores[0].get_run(rid)
+                assert record is not None and record.owner == me
+    finally:
+        for s in stores:
+            s.close()
+
+
+# -- commit and fencing --------------------------------------------------------------------
+
+
+def test_commit_writes_entries_and_update(storage: Storage) -> None:
+    storage.create_run(new_run("r"))
+    run = claim_one(storage, "w1", T0)
+    rejected = storage.commit(
+        "w1",
+        [RunWrite("r", run.epoch, [entry(0), entry(1)], RunUpdate(status="running"))],
+        T0 + 1,
+    )
+    assert rejected == set()
+    assert [e.seq for e in storage.load_journal("r")] == [0, 1]
+    record = storage.get_run("r")
+    assert record is not None
+    assert record.status == "running" and record.owner == "w1" and record.epoch == 1
+    assert record.updated_at == T0 + 1
+    assert record.lease_until == pytest.approx(T0 + LEASE)  # unchanged by commit
+
+    rejected = storage.commit(
+        "w1",
+        [
+            RunWrite(
+                "r",
+                run.epoch,
+                [entry(2)],
+                RunUpdate(status="completed", result='"done"', release=True),
+            )
+        ],
+        T0 + 2,
+    )
+    assert rejected == set()
+    record = storage.get_run("r")
+    assert record is not None
+    assert record.status == "completed"
+    assert record.result == '"done"'
+    assert record.finished_at == T0 + 2
+    assert record.owner is None
+    assert [e.seq for e in storage.load_journal("r")] == [0, 1, 2]
+    # A finished run is never claimed again, however late.
+    assert storage.claim("w2", ["wf"], 10, T0 + 10_000, LEASE) == []
+    assert storage.next_due(["wf"], T0 + 10_000) is None
+
+
+def test_commit_records_failure_and_new_version(storage: Storage) -> None:
+    storage.create_run(new_run("r"))
+    run = claim_one(storage, "w1", T0)
+    error = json.dumps({"type": "ValueError", "message": "bad", "traceback": "..."})
+    update = RunUpdate(status="failed", error=error, release=True, version="v2")
+    assert storage.commit("w1", [RunWrite("r", run.epoch, [], update)], T0 + 3) == set()
+    record = storage.get_run("r")
+    assert record is not None
+    assert (record.status, record.error, record.version) == ("failed", error, "v2")
+    assert record.finished_at == T0 + 3
+    assert record.result is None
+
+
+def test_commit_of_nothing_is_a_no_op(storage: Storage) -> None:
+    assert storage.commit("w1", [], T0) == set()
+
+
+def test_fencing_rejects_the_worker_whose_lease_was_taken_over(
+    storage: Storage, other: Storage
+) -> None:
+    storage.create_run(new_run("r"))
+    a = claim_one(storage, "A", T0)
+    assert storage.commit("A", [RunWrite("r", a.epoch, [entry(0, epoch=a.epoch)])], T0 + 1) == set()
+
+    # A stalls; its lease lapses and B takes the run over.
+    b = claim_one(other, "B", T0 + LEASE + 1)
+    assert b.epoch == a.epoch + 1
+
+    late = RunWrite(
+        "r",
+        a.epoch,
+        [entry(1, epoch=a.epoch), entry(2, epoch=a.epoch)],
+        RunUpdate(status="completed", result='"from A"', release=True),
+    )
+    assert storage.commit("A", [late], T0 + LEASE + 2) == {"r"}
+    # Right epoch but wrong owner, or right owner but stale epoch: rejected too.
+    assert storage.commit("A", [RunWrite("r", b.epoch, [entry(1)])], T0 + LEASE + 2) == {"r"}
+    assert other.commit("B", [RunWrite("r", a.epoch, [entry(1)])], T0 + LEASE + 2) == {"r"}
+
+    # A wrote nothing.
+    assert [(e.seq, e.epoch) for e in storage.load_journal("r")] == [(0, a.epoch)]
+    record = storage.get_run("r")
+    assert record is not None
+    assert (record.status, record.owner, record.epoch, record.result) == (
+        "running",
+        "B",
+        b.epoch,
+        None,
+    )
+
+    # B carries on from the journal A left.
+    good = RunWrite(
+        "r",
+        b.epoch,
+        [entry(1, epoch=b.epoch)],
+        RunUpdate(status="completed", result='"from B"', release=True),
+    )
+    assert other.commit("B", [good], T0 + LEASE + 3) == set()
+    assert [(e.seq, e.epoch) for e in storage.load_journal("r")] == [(0, a.epoch), (1, b.epoch)]
+    record = storage.get_run("r")
+    assert record is not None and record.result == '"from B"' and record.status == "completed"
+
+
+def test_group_commit_rejects_only_the_lost_runs(storage: Storage, other: Storage) -> None:
+    storage.create_run(new_run("kept", created_at=T0))
+    storage.create_run(new_run("lost", created_at=T0 + 0.5))
+    runs = {r.id: r for r in storage.claim("A", ["wf"], 10, T0 + 1, LEASE)}
+    assert set(runs) == {"kept", "lost"}
+    storage.renew("A", T0 + 5, LEASE)  # kept alive ...
+    # ... but "lost" is given away by an operator reset and re-claimed by B.
+    assert other.set_status("lost", "pending", T0 + 6)
+    assert claim_one(other, "B", T0 + 6).id == "lost"
+
+    writes = [
+        RunWrite("kept", runs["kept"].epoch, [entry(0)], RunUpdate(status="running")),
+        RunWrite("lost", runs["lost"].epoch, [entry(0)], RunUpdate(status="completed")),
+    ]
+    assert storage.commit("A", writes, T0 + 7) == {"lost"}
+    assert [e.seq for e in storage.load_journal("kept")] == [0]
+    assert storage.load_journal("lost") == []
+    lost = storage.get_run("lost")
+    assert lost is not None and lost.status == "running" and lost.owner == "B"
+
+
+def test_commit_for_a_run_never_claimed_is_rejected(storage: Storage) -> None:
+    storage.create_run(new_run("r"))
+    assert storage.commit("w1", [RunWrite("r", 0, [entry(0)])], T0) == {"r"}
+    assert storage.commit("w1", [RunWrite("ghost", 1, [entry(0)])], T0) == {"ghost"}
+    assert storage.load_journal("r") == []
+    assert storage.load_journal("ghost") == []
+
+
+# -- suspended runs -----------------------------------------------------------------------
+
+
+def test_suspended_run_is_claimable_only_once_due(storage: Storage, other: Storage) -> None:
+    storage.create_run(new_run("sleeper"))
+    run = claim_one(storage, "w1", T0)
+    timer = entry(0, kind="timer", name="nap", payload=json.dumps(T0 + 100))
+    suspend = RunUpdate(status="suspended", wake_at=T0 + 100, release=True)
+    assert storage.commit("w1", [RunWrite("sleeper", run.epoch, [timer], suspend)], T0 + 1) == set()
+
+    record = storage.get_run("sleeper")
+    assert record is not None
+    assert (record.status, record.owner, record.wake_at) == ("suspended", None, T0 + 100)
+    assert record.lease_until is None
+
+    assert other.claim("w2", ["wf"], 10, T0 + 50, LEASE) == []
+    assert other.claim("w2", ["wf"], 10, T0 + 99.999, LEASE) == []
+    woken = claim_one(other, "w2", T0 + 100)  # wake_at <= now
+    assert woken.status == "running"
+    assert woken.owner == "w2"
+    assert woken.epoch == run.epoch + 1
+    assert woken.wake_at is None
+    assert woken.lease_until == pytest.approx(T0 + 100 + LEASE)
+
+
+def test_suspended_run_without_timer_is_never_claimed(storage: Storage) -> None:
+    storage.create_run(new_run("waiter"))
+    run = claim_one(storage, "w1", T0)
+    suspend = RunUpdate(status="suspended", wake_at=None, release=True)
+    assert storage.commit("w1", [RunWrite("waiter", run.epoch, [], suspend)], T0) == set()
+    assert storage.claim("w2", ["wf"], 10, T0 + 10**7, LEASE) == []
+    assert storage.next_due(["wf"], T0) is None
+
+
+def test_suspended_run_still_held_waits_for_its_lease(storage: Storage, other: Storage) -> None:
+    """In the grace period the suspending worker keeps it; others wait for the lease."""
+    storage.create_run(new_run("r"))
+    run = claim_one(storage, "w1", T0)
+    suspend = RunUpdate(status="suspended", wake_at=T0 + 2, release=False)
+    assert storage.commit("w1", [RunWrite("r", run.epoch, [], suspend)], T0 + 1) == set()
+    record = storage.get_run("r")
+    assert record is not None and record.owner == "w1" and record.status == "suspended"
+
+    assert other.claim("w2", ["wf"], 10, T0 + 3, LEASE) == []  # due, but held
+    assert storage.renew("w1", T0 + 8, LEASE) == 1  # suspended runs are renewed too
+    assert other.claim("w2", ["wf"], 10, T0 + LEASE + 1, LEASE) == []
+    taken = claim_one(other, "w2", T0 + 8 + LEASE + 1)
+    assert taken.owner == "w2" and taken.epoch == run.epoch + 1
+
+
+# -- renew / release -----------------------------------------------------------------------
+
+
+def test_renew_extends_only_the_workers_own_leases(storage: Storage, other: Storage) -> None:
+    storage.create_run(new_run("a1", "a", T0))
+    storage.create_run(new_run("a2", "a", T0 + 0.1))
+    storage.create_run(new_run("b1", "b", T0 + 0.2))
+    storage.create_run(new_run("done", "a", T0 + 0.3))
+    mine = storage.claim("w1", ["a"], 10, T0, LEASE)
+    assert len(mine) == 3
+    finished = next(r for r in mine if r.id == "done")
+    finish = RunUpdate(status="completed", result="1", release=True)
+    storage.commit("w1", [RunWrite("done", finished.epoch, [], finish)], T0)
+    theirs = claim_one(other, "w2", T0, ("b",))
+
+    assert storage.renew("w1", T0 + 8, LEASE) == 2
+    assert storage.renew("nobody", T0 + 8, LEASE) == 0
+    for rid in ("a1", "a2"):
+        record = storage.get_run(rid)
+        assert record is not None and record.lease_until == pytest.approx(T0 + 8 + LEASE)
+        assert record.owner == "w1"
+    b1 = storage.get_run("b1")
+    assert b1 is not None and b1.lease_until == theirs.lease_until
+    done = storage.get_run("done")
+    assert done is not None and done.owner is None and done.status == "completed"
+
+    # Past the old lease but within the renewed one: still held.
+    assert other.claim("w3", ["a"], 10, T0 + LEASE + 1, LEASE) == []
+    assert len(other.claim("w3", ["a"], 10, T0 + 8 + LEASE + 1, LEASE)) == 2
+
+
+def test_release_makes_a_running_run_claimable_at_once(storage: Storage, other: Storage) -> None:
+    storage.create_run(new_run("r1", created_at=T0))
+    storage.create_run(new_run("r2", created_at=T0 + 1))
+    held = {r.id: r for r in storage.claim("w1", ["wf"], 10, T0, 3600.0)}
+    assert set(held) == {"r1", "r2"}
+
+    other.release("w2", ["r2"], T0 + 1)  # not w2's to release: no effect
+    storage.release("w1", ["r1"], T0 + 1)
+    r1 = storage.get_run("r1")
+    assert r1 is not None and r1.owner is None and r1.status == "running"
+    r2 = storage.get_run("r2")
+    assert r2 is not None and r2.owner == "w1"
+
+    taken = claim_one(other, "w2", T0 + 1)  # long before w1's lease would end
+    assert taken.id == "r1" and taken.epoch == held["r1"].epoch + 1
+    # w1 no longer owns r1: its commit is fenced off.
+    assert storage.commit("w1", [RunWrite("r1", held["r1"].epoch, [entry(0)])], T0 + 2) == {"r1"}
+    assert storage.load_journal("r1") == []
+    storage.release("w1", [], T0 + 2)  # nothing to do
+
+
+def test_release_keeps_a_suspended_run_asleep(storage: Storage) -> None:
+    storage.create_run(new_run("r"))
+    run = claim_one(storage, "w1", T0)
+    suspend = RunUpdate(status="suspended", wake_at=T0 + 60, release=False)
+    storage.commit("w1", [RunWrite("r", run.epoch, [], suspend)], T0)
+    storage.release("w1", ["r"], T0 + 1)
+    record = storage.get_run("r")
+    assert record is not None and record.owner is None and record.status == "suspended"
+    assert storage.claim("w2", ["wf"], 10, T0 + 2, LEASE) == []
+    assert claim_one(storage, "w2", T0 + 60).id == "r"
+
+
+# -- next_due ---------------------------------------------------------------------------------
+
+
+def test_next_due_is_the_earliest_wake_or_lease_time(storage: Storage) -> None:
+    assert storage.next_due(["wf"], T0) is None
+    assert storage.next_due([], T0) is None
+
+    def suspend(run_id: str, workflow: str, wake_at: float) -> None:
+        storage.create_run(new_run(run_id, workflow))
+        run = claim_one(storage, "w", T0, (workflow,))
+        update = RunUpdate(status="suspended", wake_at=wake_at, release=True)
+        assert storage.commit("w", [RunWrite(run_id, run.epoch, [], update)], T0) == set()
+
+    suspend("late", "wf", T0 + 500)
+    assert storage.next_due(["wf"], T0) == pytest.approx(T0 + 500)
+    suspend("soon", "wf", T0 + 200)
+    suspend("other-wf", "other", T0 + 5)
+    assert storage.next_due(["wf"], T0) == pytest.approx(T0 + 200)
+    assert storage.next_due(["wf", "other"], T0) == pytest.approx(T0 + 5)
+    assert storage.next_due(["nothing"], T0) is None
+
+    storage.create_run(new_run("busy", "wf"))
+    busy = claim_one(storage, "w", T0 + 40, ("wf",))
+    assert busy.lease_until == pytest.approx(T0 + 40 + LEASE)
+    assert storage.next_due(["wf"], T0) == pytest.approx(T0 + 40 + LEASE)
+    storage.release("w", ["busy"], T0 + 41)
+    due = storage.next_due(["wf"], T0 + 41)
+    assert due is not None and due <= T0 + 41  # claimable now
+
+
+# -- load_journal ------------------------------------------------------------------------------
+
+
+def test_load_journal_returns_every_field_in_seq_order(storage: Storage) -> None:
+    storage.create_run(new_run("r"))
+    storage.create_run(new_run("neighbour"))
+    runs = {r.id: r for r in storage.claim("w", ["wf"], 10, T0, LEASE)}
+    epoch = runs["r"].epoch
+    written = [
+        Entry(0, "step", "load-order", '{"total": 12}', "shop.py:10", T0 + 0.25, 0, epoch),
+        Entry(2, "timer", "cooldown", json.dumps(T0 + 900), "shop.py:12", T0 + 0.5, 1, epoch),
+        Entry(1, "step", "charge", '"rcpt-✓"', "shop.py:11", T0 + 0.75, 2, epoch),
+        Entry(3, "now", "now", None, None, T0 + 1.0, 3, epoch),
+        Entry(1, "attempt", "charge", '{"error": "x"}', "shop.py:11", T0 + 1.5, 4, epoch),
+    ]
+    # Written out of seq order and across two commits.
+    storage.commit("w", [RunWrite("r", epoch, [written[2], written[0]])], T0 + 1)
+    storage.commit(
+        "w",
+        [
+            RunWrite("r", epoch, [written[4], written[1], written[3]]),
+            RunWrite("neighbour", runs["neighbour"].epoch, [entry(0, name="n")]),
+        ],
+        T0 + 2,
+    )
+    loaded = storage.load_journal("r")
+    assert loaded == written
+    assert [e.seq for e in loaded] == [0, 1, 2, 3, 4]
+    assert isinstance(loaded[0].at, float) and isinstance(loaded[0].seq, int)
+    assert [e.name for e in storage.load_journal("neighbour")] == ["n"]
+
+
+def test_large_payloads_and_many_entries_round_trip(storage: Storage) -> None:
+    storage.create_run(new_run("r"))
+    run = claim_one(storage, "w", T0)
+    big = json.dumps({"blob": "x" * 200_000})
+    entries = [entry(i, epoch=run.epoch) for i in range(1200)]
+    entries[7] = entry(7, epoch=run.epoch, payload=big)
+    assert storage.commit("w", [RunWrite("r", run.epoch, entries)], T0) == set()
+    loaded = storage.load_journal("r")
+    assert len(loaded) == 1200
+    assert loaded[7].payload == big
+    assert loaded == entries
+
+
+# -- operator status changes -----------------------------------------------------------------
+
+
+def test_set_status_respects_expectations(storage: Storage) -> None:
+    storage.create_run(new_run("r"))
+    run = claim_one(storage, "w", T0)
+    failed = RunUpdate(status="failed", error='{"type": "X"}', release=True)
+    storage.commit("w", [RunWrite("r", run.epoch, [entry(0)], failed)], T0 + 1)
+
+    assert storage.set_status("missing", "pending", T0 + 2) is False
+    assert storage.set_status("r", "pending", T0 + 2, expect=("completed",)) is False
+    record = storage.get_run("r")
+    assert record is not None and record.status == "failed"
+
+    assert storage.set_status("r", "pending", T0 + 3, expect=("failed", "cancelled")) is True
+    record = storage.get_run("r")
+    assert record is not None
+    assert (record.status, record.error, record.finished_at, record.owner) == (
+        "pending",
+        None,
+        None,
+        None,
+    )
+    assert [e.seq for e in storage.load_journal("r")] == [0]  # history is kept
+    again = claim_one(storage, "w2", T0 + 4)
+    assert again.epoch == run.epoch + 1
+
+
+# -- change notifications ------------------------------------------------------------------------
+
+
+def test_subscribers_hear_about_changes_from_other_connections(
+    storage: Storage, other: Storage, backend: str
+) -> None:
+    heard: list[tuple[str, str]] = []
+    event = threading.Event()
+
+    def listener(channel: str, payload: str) -> None:
+        heard.append((channel, payload))
+        event.set()
+
+    def wanted() -> bool:
+        if backend == "postgres":
+            return ("durably_work", "notify-wf") in heard
+        return bool(heard)
+
+    unsubscribe = storage.subscribe(listener)
+    try:
+        deadline = time.monotonic() + 8
+        i = 0
+        while not wanted() and time.monotonic() < deadline:
+            other.create_run(new_run(f"n{i}", "notify-wf"))
+            i += 1
+            event.wait(0.3)
+            event.clear()
+        assert wanted(), heard
+    finally:
+        unsubscribe()
+
+
+# -- SQLite under contention from several processes ----------------------------------------------
+
+HAMMER = r"""
+import json, pathlib, sys, time
+from durably._engine.journal import Entry
+from durably._storage import open_storage
+from durably._storage.base import NewRun, RunUpdate, RunWrite
+
+url, me, duration = sys.argv[1], sys.argv[2], float(sys.argv[3])
+ready, n = pathlib.Path(sys.argv[4]), int(sys.argv[5])
+store = open_storage(url)
+(ready / me).touch()  # start together, once every process has imported durably
+give_up = time.monotonic() + 20
+while len(list(ready.iterdir())) < n:
+    if time.monotonic() > give_up:
+        sys.exit("the other processes never started")
+    time.sleep(0.005)
+store.migrate()  # all at once, on a fresh file
+claimed, rejected, created, i = [], [], 0, 0
+end = time.monotonic() + duration
+while time.monotonic() < end:
+    now = time.time()
+    for k in range(3):
+        created += store.create_run(NewRun(f"{me}-{i}-{k}", "wf", "v1", "[]", now))[1]
+    store.create_run(NewRun(f"shared-{i}", "wf", "v1", "[]", now))  # everyone races on it
+    runs = store.claim(me, ["wf"], 4, now, 600.0)
+    writes = [
+        RunWrite(r.id, r.epoch,
+                 [Entry(0, "step", "s", json.dumps(me), None, now, 0, r.epoch),
+                  Entry(1, "step", "t", None, None, now, 1, r.epoch)],
+                 RunUpdate(status="completed", result=json.dumps(me), release=True))
+        for r in runs
+    ]
+    rejected += sorted(store.commit(me, writes, now))
+    claimed += [r.id for r in runs]
+    store.renew(me, now, 600.0)
+    store.get_run(f"shared-{i}")
+    i += 1
+store.close()
+print(json.dumps({"claimed": claimed, "rejected": rejected, "created": created, "rounds": i}))
+"""
+
+
+def test_sqlite_survives_many_processes_hammering_one_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    n, duration = 4, 3.0
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", HAMMER, url, f"p{i}", str(duration), str(ready), str(n)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
+    outputs: list[tuple[str, str]] = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=40))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    reports = []
+    for p, (out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err
+        assert "locked" not in err.lower() and "Traceback" not in err, err
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+
+    # They really overlapped (one may be starved for a while, but all took part).
+    assert all(r["rounds"] >= 1 for r in reports), reports
+    assert sum(r["rounds"] for r in reports) > 20, reports
+    assert all(r["rejected"] == [] for r in reports)
+    claimed = [rid for r in reports for rid in r["claimed"]]
+    assert len(claimed) == len(set(claimed)), "a run was handed to two workers"
+
+    store = open_storage(url)
+    store.migrate()
+    try:
+        every = store.list_runs(RunFilter(limit=1_000_000))
+        shared = {r.id for r in every if r.id.startswith("shared-")}
+        assert len(every) == sum(r["created"] for r in reports) + len(shared)
+        assert len(shared) == max(r["rounds"] for r in reports)
+        by_id = {r.id: r for r in every}
+        for rid in claimed:
+            record = by_id[rid]
+            assert record.status == "completed" and record.epoch == 1, record
+        for rid in claimed[:: max(1, len(claimed) // 200)]:
+            journal = store.load_journal(rid)
+            assert [e.seq for e in journal] == [0, 1]
+            assert journal[0].payload == by_id[rid].result
+        raw = sqlite3.connect(tmp_path / "busy.db")
+        try:
+            counts = dict(raw.execute("SELECT run_id, count(*) FROM durably_journal GROUP BY 1"))
+        finally:
+            raw.close()
+        assert counts == dict.fromkeys(claimed, 2)
+        assert {r.id for r in every if r.status == "pending"} == set(by_id) - set(claimed)
+    finally:
+        store.close()

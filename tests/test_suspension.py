@@ -1,0 +1,118 @@
+"""Semantic 5: waiting costs nothing; leases keep live work where it is (semantic 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import durably
+
+
+async def _wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_sleeping_run_is_suspended_and_leaves_memory(
+    make_app: Callable[..., durably.App],
+) -> None:
+    app = make_app(suspend_after=0.2)
+
+    @app.workflow()
+    async def nap(ctx: durably.Context) -> str:
+        await ctx.sleep("long", 2.0)
+        return "rested"
+
+    @app.workflow()
+    def sync_nap(ctx: durably.Context) -> str:
+        ctx.sleep("long", 2.0)
+        return "rested too"
+
+    async with app.worker() as worker:
+        a = await app.start(nap, id="nap-async")
+        b = await app.start(sync_nap, id="nap-sync")
+        started = time.monotonic()
+        await _wait_for(lambda: a.status_sync() == b.status_sync() == "suspended")
+        await _wait_for(lambda: not worker.drivers)  # nothing of them left in memory
+        assert time.monotonic() - started < 1.5  # well before the timers are due
+        record = app.storage.get_run("nap-async")
+        assert record is not None and record.owner is None and record.wake_at is not None
+        assert await a.result(timeout=20) == "rested"
+        assert await b.result(timeout=20) == "rested too"
+
+
+async def test_short_sleep_stays_in_memory_but_reads_suspended(
+    make_app: Callable[..., durably.App],
+) -> None:
+    app = make_app(suspend_after=5.0)
+    seen: list[str] = []
+
+    @app.workflow()
+    async def blink(ctx: durably.Context) -> str:
+        await ctx.sleep("short", 0.6)
+        return "ok"
+
+    async with app.worker() as worker:
+        handle = await app.start(blink, id="blink")
+        await _wait_for(lambda: handle.status_sync() == "suspended")
+        seen.append(handle.status_sync())
+        assert "blink" in worker.drivers  # within the grace period it stays here
+        claims = worker.claimed_total
+        assert await handle.result(timeout=20) == "ok"
+        assert worker.claimed_total == claims  # woke without a new claim
+    assert seen == ["suspended"]
+
+
+async def test_long_backoff_suspends_until_the_next_attempt(
+    make_app: Callable[..., durably.App],
+) -> None:
+    app = make_app(suspend_after=0.1)
+    attempts: list[float] = []
+
+    @app.step(retry=durably.Retry(max_attempts=2, initial=1.0))
+    def once_broken() -> str:
+        attempts.append(time.time())
+        if len(attempts) == 1:
+            raise TimeoutError("upstream slow")
+        return "recovered"
+
+    @app.workflow()
+    async def flow(ctx: durably.Context) -> str:
+        return str(await once_broken())
+
+    async with app.worker() as worker:
+        handle = await app.start(flow, id="backoff")
+        await _wait_for(lambda: handle.status_sync() == "suspended")
+        record = app.storage.get_run("backoff")
+        assert record is not None and record.wake_at is not None
+        assert abs(record.wake_at - (attempts[0] + 1.0)) < 0.5
+        await _wait_for(lambda: not worker.drivers)
+        assert await handle.result(timeout=20) == "recovered"
+    assert attempts[1] - attempts[0] >= 1.0
+
+
+async def test_step_longer_than_the_lease_is_not_taken_over(
+    make_app: Callable[..., durably.App],
+) -> None:
+    app = make_app(lease_seconds=0.6)
+    runs: list[str] = []
+
+    @app.step()
+    async def slow() -> str:
+        runs.append("slow")
+        await asyncio.sleep(2.0)  # more than three leases
+        return "done"
+
+    @app.workflow()
+    async def flow(ctx: durably.Context) -> str:
+        return str(await slow())
+
+    async with app.worker(), app.worker():  # two workers compete for the run
+        handle = await app.start(flow, id="long")
+        assert await handle.result(timeout=20) == "done"
+    assert runs == ["slow"]
