@@ -20,9 +20,7 @@ import pytest
 
 import durably
 
-PG_URL = os.environ.get(
-    "DURABLY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+PG_URL = os.environ.get("DURABLY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BACKENDS = ["sqlite", "postgres"]
 
@@ -80,9 +78,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def database_url(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[str]:
+def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh, empty durably database URL on the parametrised backend."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'durably.db'}"
@@ -141,9 +137,17 @@ class Workers:
 
         proc = subprocess.Popen(
             [
-                sys.executable, "-m", "durably", "worker", app_ref,
-                "--database", self.database_url, "--concurrency", str(concurrency),
-                "--log-level", "WARNING",
+                sys.executable,
+                "-m",
+                "durably",
+                "worker",
+                app_ref,
+                "--database",
+                self.database_url,
+                "--concurrency",
+                str(concurrency),
+                "--log-level",
+                "WARNING",
             ],
             env=self.env(**env),
             cwd=str(TESTS_DIR),

@@ -451,3 +451,17 @@ def test_start_wait_reports_a_failed_run_and_a_timeout(
     assert failed.stdout == "wf-1\n"
     assert_clean_error(failed, "wf-1", "RuntimeError: marker")
     assert failed.returncode == 2
+
+
+def test_a_missing_dependency_of_the_user_module_is_named(tmp_path: Path) -> None:
+    (tmp_path / "flows_with_missing_dep.py").write_text("import surely_not_installed_pkg\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "durably", "check", "flows_with_missing_dep:app"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "surely_not_installed_pkg" in proc.stderr
+    assert "cannot import module 'flows_with_missing_dep'" not in proc.stderr

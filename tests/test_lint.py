@@ -211,3 +211,31 @@ def test_check_command_passes_a_clean_app(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "2 workflow(s) checked: no non-deterministic calls found"
     assert list(tmp_path.iterdir()) == []
+
+
+# -- regressions: imports inside the body, indented workflows ---------------------
+
+
+def test_imports_inside_the_workflow_body_are_resolved() -> None:
+    def wf(ctx: durably.Context) -> float:
+        import time as clock
+        from random import random as draw
+
+        return clock.time() + draw()
+
+    calls = sorted(f.call for f in check_function("wf", wf))
+    assert calls == ["clock.time", "draw"]
+
+
+def test_indented_workflow_with_a_column_zero_string_is_checked() -> None:
+    def make() -> Callable[..., Any]:
+        def wf(ctx: durably.Context) -> str:
+            text = """
+starts at column zero
+"""
+            return text + str(time.time())
+
+        return wf
+
+    findings = check_function("wf", make())
+    assert [f.call for f in findings] == ["time.time"]

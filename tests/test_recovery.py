@@ -56,9 +56,7 @@ def test_kill_during_sleep_wakes_on_a_new_worker(workers: Workers, database_url:
     assert effects.count(str(workers.effects), "nap-1", "after") == 1
 
 
-def test_due_timer_fires_after_every_worker_restarted(
-    workers: Workers, database_url: str
-) -> None:
+def test_due_timer_fires_after_every_worker_restarted(workers: Workers, database_url: str) -> None:
     app = client(database_url)
     handle = app.start_sync("sleeper", 1, 1.5, id="nap-2")
     first = workers.spawn()
@@ -82,7 +80,9 @@ def test_kill_during_retry_backoff_keeps_attempts(workers: Workers, database_url
     assert handle.result_sync(timeout=30) == 12
     assert effects.count(str(workers.effects), "retry-1", "flaky") == 3
     assert journal_names(app, "retry-1") == [
-        ("attempt", "flaky"), ("attempt", "flaky"), ("step", "flaky"),
+        ("attempt", "flaky"),
+        ("attempt", "flaky"),
+        ("step", "flaky"),
     ]
 
 
@@ -91,8 +91,10 @@ def test_kill_between_parallel_steps(workers: Workers, database_url: str) -> Non
     handle = app.start_sync("parallel", 1, id="par-1")
     first = workers.spawn(CRASHY_BLOCK="slow")
     wait_until(
-        lambda: ("step", "fast") in journal_names(app, "par-1")
-        and effects.count(str(workers.effects), "par-1", "slow") == 1,
+        lambda: (
+            ("step", "fast") in journal_names(app, "par-1")
+            and effects.count(str(workers.effects), "par-1", "slow") == 1
+        ),
         what="fast journaled while slow runs",
     )
     workers.kill(first)
@@ -119,7 +121,10 @@ def test_two_processes_starting_one_id_run_it_once(
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", script, database_url, go],
-            env=env, cwd=str(Path(__file__).parent), stdout=subprocess.PIPE, text=True,
+            env=env,
+            cwd=str(Path(__file__).parent),
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for _ in range(2)
     ]

@@ -92,9 +92,10 @@ async def test_uncaught_step_failure_fails_the_run_with_its_traceback(
             await handle.result(timeout=20)
     assert info.value.error_type == "StepFailed"
     assert "ValueError: bad data" in str(info.value)
-    assert "raise ValueError" in json.loads(
-        app.storage.load_journal(handle.id)[0].payload or "{}"
-    )["traceback"]
+    assert (
+        "raise ValueError"
+        in json.loads(app.storage.load_journal(handle.id)[0].payload or "{}")["traceback"]
+    )
 
 
 async def test_non_retryable_errors_fail_at_once(make_app: Callable[..., durably.App]) -> None:

@@ -79,7 +79,7 @@ class Context:
             )
         if not callable(fn):
             raise ConfigurationError(f"ctx.run({name!r}, fn): fn must be callable, got {fn!r}")
-        return self._instance.step(  # type: ignore[attr-defined]
+        return self._instance.step(
             name, fn, args, kwargs, retry or DEFAULT_RETRY, timeout, (), caller_location()
         )
 
@@ -98,9 +98,7 @@ class Context:
             raise ConfigurationError("use ctx.sleep(name, duration)")
         seconds = to_seconds(duration, f"ctx.sleep({label!r}, ...) duration")
         instance = self._instance
-        return instance.sleep(  # type: ignore[attr-defined]
-            label, instance.clock() + seconds, caller_location()
-        )
+        return instance.sleep(label, instance.clock() + seconds, caller_location())
 
     def sleep_until(self, name: str, when: dt.datetime) -> Any:
         """Sleep durably until ``when`` (an aware datetime)."""
@@ -108,9 +106,7 @@ class Context:
             raise ConfigurationError(
                 f"ctx.sleep_until({name!r}, when): when must be a timezone-aware datetime"
             )
-        return self._instance.sleep(  # type: ignore[attr-defined]
-            name, when.timestamp(), caller_location()
-        )
+        return self._instance.sleep(name, when.timestamp(), caller_location())
 
     def now(self) -> dt.datetime:
         """The current time (UTC, timezone-aware), journaled."""

@@ -12,8 +12,8 @@ inside lambdas and nested functions is skipped: those are usually steps
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
-import textwrap
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -34,9 +34,16 @@ _QUALNAMES = {
     "Random.random": "random",
 }
 _TIME_FUNCS = {
-    "time": "clock", "time_ns": "clock", "monotonic": "clock", "monotonic_ns": "clock",
-    "perf_counter": "clock", "perf_counter_ns": "clock", "localtime": "clock",
-    "gmtime": "clock", "ctime": "clock", "sleep": "sleep",
+    "time": "clock",
+    "time_ns": "clock",
+    "monotonic": "clock",
+    "monotonic_ns": "clock",
+    "perf_counter": "clock",
+    "perf_counter_ns": "clock",
+    "localtime": "clock",
+    "gmtime": "clock",
+    "ctime": "clock",
+    "sleep": "sleep",
 }
 
 
@@ -95,8 +102,11 @@ def _resolve(parts: list[str], namespace: dict[str, Any]) -> Any:
 
 
 class _Calls(ast.NodeVisitor):
+    """Calls and imports in a workflow body, skipping lambdas and nested defs."""
+
     def __init__(self) -> None:
         self.calls: list[tuple[list[str], int]] = []
+        self.imports: dict[str, tuple[str, str | None]] = {}
         self._depth = 0
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
@@ -108,11 +118,25 @@ class _Calls(ast.NodeVisitor):
     def visit_Lambda(self, node: ast.Lambda) -> None:
         return  # a step body, not workflow code
 
-    def _nested(self, node: ast.AST) -> None:
+    def _nested(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         self._depth += 1
-        if self._depth == 1:  # the workflow itself
-            self.generic_visit(node)
+        if self._depth == 1:  # the workflow itself (its decorators are not its code)
+            for statement in node.body:
+                self.visit(statement)
         self._depth -= 1
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            if alias.asname:
+                self.imports[alias.asname] = (alias.name, None)
+            else:
+                top = alias.name.split(".")[0]
+                self.imports[top] = (top, None)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.module and not node.level:
+            for alias in node.names:
+                self.imports[alias.asname or alias.name] = (node.module, alias.name)
 
     def visit_Call(self, node: ast.Call) -> None:
         parts = _dotted(node.func)
@@ -121,23 +145,51 @@ class _Calls(ast.NodeVisitor):
         self.generic_visit(node)
 
 
-def check_function(name: str, fn: Callable[..., Any]) -> list[Finding]:
+def _imported(module: str, attribute: str | None) -> Any:
     try:
-        lines, first = inspect.getsourcelines(fn)
-        filename = inspect.getsourcefile(fn) or "<unknown>"
-    except (OSError, TypeError):
+        obj = importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - cannot tell: do not flag
+        return None
+    return getattr(obj, attribute, None) if attribute else obj
+
+
+def _function_node(fn: Callable[..., Any]) -> tuple[ast.AST, str] | None:
+    """The AST of ``fn``, parsed from its whole file (no dedenting guesswork)."""
+    try:
+        filename = inspect.getsourcefile(fn)
+        code = fn.__code__
+    except (TypeError, AttributeError):
+        return None
+    if not filename:
+        return None
+    try:
+        with open(filename, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read(), filename)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == fn.__name__:
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            if code.co_firstlineno in (first, node.lineno):
+                return node, filename
+    return None
+
+
+def check_function(name: str, fn: Callable[..., Any]) -> list[Finding]:
+    found = _function_node(fn)
+    if found is None:
         return []
-    tree = ast.parse(textwrap.dedent("".join(lines)))
+    node, filename = found
     visitor = _Calls()
-    visitor.visit(tree)
+    visitor.visit(node)
     namespace = dict(getattr(fn, "__globals__", {}))
+    for local, (module, attribute) in visitor.imports.items():
+        namespace[local] = _imported(module, attribute)
     findings = []
     for parts, lineno in visitor.calls:
         reason = classify(_resolve(parts, namespace))
         if reason is not None:
-            findings.append(
-                Finding(name, f"{filename}:{first + lineno - 1}", ".".join(parts), reason)
-            )
+            findings.append(Finding(name, f"{filename}:{lineno}", ".".join(parts), reason))
     return findings
 
 

@@ -150,7 +150,7 @@ def make_step(definition: StepDef) -> Callable[..., Any]:
                 f"workflow {instance.workflow!r}; use ctx.run({definition.name!r}, "
                 f"{fn.__name__}, ...) there, which runs it for you"
             )
-        return instance.step(  # type: ignore[attr-defined]
+        return instance.step(
             definition.name,
             fn,
             args,

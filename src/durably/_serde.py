@@ -137,10 +137,9 @@ def _fits_dataclass(value: Any, tp: Any) -> bool:
         return False
     fields = {f.name: f for f in dataclasses.fields(tp)}
     required = {
-        name for name, f in fields.items()
-        if f.init
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
+        name
+        for name, f in fields.items()
+        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     }
     return set(value) <= set(fields) and required <= set(value)
 

@@ -18,8 +18,7 @@ ENV = "DURABLY_TEST_EFFECTS"
 def _connect(path: str | None = None) -> sqlite3.Connection:
     conn = sqlite3.connect(path or os.environ[ENV], timeout=60)
     conn.execute(
-        "CREATE TABLE IF NOT EXISTS effects "
-        "(key TEXT, step TEXT, note TEXT, pid INTEGER, at REAL)"
+        "CREATE TABLE IF NOT EXISTS effects (key TEXT, step TEXT, note TEXT, pid INTEGER, at REAL)"
     )
     return conn
 

@@ -19,7 +19,15 @@ CLOCK = 1_000.0
 
 
 def step(pos: int, name: str, value: Any, seq: int | None = None) -> Entry:
-    return Entry(pos, Kind.STEP, name, json.dumps(value), "flows.py:10", CLOCK, seq if seq is not None else pos)
+    return Entry(
+        pos,
+        Kind.STEP,
+        name,
+        json.dumps(value),
+        "flows.py:10",
+        CLOCK,
+        seq if seq is not None else pos,
+    )
 
 
 _made: list[Instance] = []

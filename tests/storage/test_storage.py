@@ -758,3 +758,15 @@ def test_sqlite_survives_many_processes_hammering_one_file(tmp_path: Path) -> No
         assert {r.id for r in every if r.status == "pending"} == set(by_id) - set(claimed)
     finally:
         store.close()
+
+
+def test_a_constraint_violation_is_a_clear_durably_error(storage: Storage) -> None:
+    import durably
+
+    storage.create_run(new_run("r1"))
+    run = claim_one(storage, "w1", T0 + 1)
+    storage.commit("w1", [RunWrite("r1", run.epoch, [entry(0)])], T0 + 2)
+    with pytest.raises(durably.DatabaseError) as info:
+        storage.commit("w1", [RunWrite("r1", run.epoch, [entry(0)])], T0 + 3)
+    assert "not a usable durably database" not in str(info.value)
+    assert [e.seq for e in storage.load_journal("r1")] == [0]  # nothing lost

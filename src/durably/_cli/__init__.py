@@ -6,11 +6,12 @@ Every command takes ``--database URL`` (else ``DURABLY_DATABASE_URL``, else
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
@@ -18,7 +19,7 @@ import click
 from .. import _config
 from .._errors import DurablyError
 from .._storage import open_storage
-from .._storage.base import STATUSES, RunFilter, Storage
+from .._storage.base import STATUSES, RunFilter, RunRecord, Storage
 from .loading import load_app
 from .timeline import render
 
@@ -35,10 +36,21 @@ def database_option(fn: F) -> F:
     )(fn)
 
 
-def _storage(database: str | None) -> Storage:
+@contextlib.contextmanager
+def _storage(database: str | None) -> Iterator[Storage]:
     storage = open_storage(_config.database_url(database))
-    storage.migrate()
-    return storage
+    try:
+        storage.migrate()
+        yield storage
+    finally:
+        storage.close()
+
+
+def _existing(storage: Storage, run_id: str) -> RunRecord:
+    record = storage.get_run(run_id)
+    if record is None:
+        raise click.ClickException(f"no run with id {run_id!r}")
+    return record
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,11 +114,8 @@ def _json_or_text(text: str) -> Any:
 @database_option
 def list_runs(status: str | None, workflow: str | None, limit: int, database: str | None) -> None:
     """List runs, newest first."""
-    storage = _storage(database)
-    try:
+    with _storage(database) as storage:
         runs = storage.list_runs(RunFilter(status=status, workflow=workflow, limit=limit))
-    finally:
-        storage.close()
     if not runs:
         click.echo("no runs")
         return
@@ -121,14 +130,9 @@ def list_runs(status: str | None, workflow: str | None, limit: int, database: st
 @database_option
 def show(run_id: str, database: str | None) -> None:
     """Show a run's journal as a timeline."""
-    storage = _storage(database)
-    try:
-        record = storage.get_run(run_id)
-        if record is None:
-            raise click.ClickException(f"no run with id {run_id!r}")
+    with _storage(database) as storage:
+        record = _existing(storage, run_id)
         entries = storage.load_journal(run_id)
-    finally:
-        storage.close()
     for line in render(record, entries):
         click.echo(line)
 
@@ -138,17 +142,12 @@ def show(run_id: str, database: str | None) -> None:
 @database_option
 def retry(run_id: str, database: str | None) -> None:
     """Resume a failed run by replaying its journal (after fixing the code)."""
-    storage = _storage(database)
-    try:
-        record = storage.get_run(run_id)
-        if record is None:
-            raise click.ClickException(f"no run with id {run_id!r}")
+    with _storage(database) as storage:
+        record = _existing(storage, run_id)
         if not storage.set_status(run_id, "pending", time.time(), expect=("failed",)):
             raise click.ClickException(
                 f"run {run_id!r} is {record.status}; only failed runs can be retried"
             )
-    finally:
-        storage.close()
     click.echo(f"run {run_id} is pending again; a worker will resume it by replay")
 
 

@@ -23,12 +23,15 @@ def load_app(ref: str, database: str | None) -> App:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        if exc.name and (exc.name == module_name or module_name.startswith(exc.name + ".")):
             raise click.UsageError(
                 f"cannot import module {module_name!r} (from {ref!r}); run from the folder "
                 "that contains it or put it on PYTHONPATH"
             ) from None
-        raise
+        raise click.UsageError(
+            f"importing {module_name!r} failed: {exc}; is that package installed in this "
+            f"environment ({sys.executable})?"
+        ) from None
     app = getattr(module, attribute, None)
     if not isinstance(app, App):
         found = type(app).__name__ if app is not None else "nothing"

@@ -63,8 +63,8 @@ def render(record: RunRecord, entries: Sequence[Entry]) -> list[str]:
         if entry.epoch != epoch:
             if epoch is not None:
                 lines.append(
-                    f"  {'':>9}  {'':>3}  -- claim {entry.epoch}: another worker took the run "
-                    "over and resumed it by replaying the journal --"
+                    f"  {'':>9}  {'':>3}  -- claim {entry.epoch}: a worker took the run up "
+                    "again and resumed it by replaying the journal --"
                 )
             epoch = entry.epoch
         label = f"{entry.kind} {entry.name}" if entry.kind != entry.name else entry.kind

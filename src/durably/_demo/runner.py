@@ -32,8 +32,17 @@ def _say(text: str = "", **style: Any) -> None:
 
 def _spawn(url: str, env: dict[str, str], log: IO[str]) -> subprocess.Popen[bytes]:
     cmd = [
-        sys.executable, "-m", "durably", "worker", "durably._demo.signup:app",
-        "--database", url, "--concurrency", "4", "--log-level", "WARNING",
+        sys.executable,
+        "-m",
+        "durably",
+        "worker",
+        "durably._demo.signup:app",
+        "--database",
+        url,
+        "--concurrency",
+        "4",
+        "--log-level",
+        "WARNING",
     ]
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
 
@@ -101,7 +110,7 @@ def run_demo(database: str | None) -> int:
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     _say(
-        f"3. charge_card was journaled; killed worker 1 with SIGKILL while it was "
+        "3. charge_card was journaled; killed worker 1 with SIGKILL while it was "
         "provisioning the workspace",
         fg="red",
     )
@@ -141,8 +150,7 @@ def run_demo(database: str | None) -> int:
     _say()
     if charges == 1:
         _say(
-            "The card was charged once: the run resumed after the crash without "
-            "charging twice.",
+            "The card was charged once: the run resumed after the crash without charging twice.",
             fg="green",
             bold=True,
         )

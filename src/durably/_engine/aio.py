@@ -228,24 +228,8 @@ class AsyncInstance(Instance):
                 self._finish(result)
 
     # -- operations ----------------------------------------------------------
-    def step(
-        self,
-        name: str,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        retry: Any,
-        timeout: float | None,
-        aliases: tuple[str, ...],
-        loc: str | None,
-    ) -> asyncio.Future[Any]:
-        position, _ = self._begin_step(name, fn, args, kwargs, retry, timeout, aliases, loc)
-        fut = self._loop.create_future()
-        self._waiting[position] = partial(_settle_future, fut)
-        return fut
-
-    def sleep(self, name: str, fire_at: float, loc: str | None) -> asyncio.Future[Any]:
-        position, _ = self._begin_timer(name, fire_at, loc)
+    def _pending(self, position: int, recorded: Entry | None) -> asyncio.Future[Any]:
+        # A recorded completion is handed back in journal order by start().
         fut = self._loop.create_future()
         self._waiting[position] = partial(_settle_future, fut)
         return fut

@@ -207,6 +207,30 @@ class Instance:
             )
 
     # -- operations shared by both flavours ---------------------------------
+    def step(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        retry: Retry,
+        timeout: float | None,
+        aliases: Sequence[str],
+        loc: str | None,
+    ) -> Any:
+        """Issue a step: an awaitable in async code, the value in sync code."""
+        return self._pending(
+            *self._begin_step(name, fn, args, kwargs, retry, timeout, aliases, loc)
+        )
+
+    def sleep(self, name: str, fire_at: float, loc: str | None) -> Any:
+        """Issue a timer firing at ``fire_at`` (epoch seconds)."""
+        return self._pending(*self._begin_timer(name, fire_at, loc))
+
+    def _pending(self, position: int, recorded: Entry | None) -> Any:
+        """What the code gets for an issued operation (see the subclasses)."""
+        raise NotImplementedError
+
     def record_value(self, op: str, kind: str, make: Callable[[], Any], loc: str | None) -> Any:
         """``ctx.now()``, ``ctx.random()``, ``ctx.uuid4()``: journal a value once."""
         position, recorded = self._issue(op, op, loc)

@@ -134,25 +134,7 @@ class SyncInstance(Instance):
             raise slot.error
         return slot.value
 
-    def step(
-        self,
-        name: str,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        retry: Any,
-        timeout: float | None,
-        aliases: tuple[str, ...],
-        loc: str | None,
-    ) -> Any:
-        position, done = self._begin_step(name, fn, args, kwargs, retry, timeout, aliases, loc)
-        if done is not None:
-            return self._take_recorded(done)
+    def _pending(self, position: int, recorded: Entry | None) -> Any:
+        if recorded is not None:
+            return self._take_recorded(recorded)
         return self._wait_live(position)
-
-    def sleep(self, name: str, fire_at: float, loc: str | None) -> None:
-        position, fired = self._begin_timer(name, fire_at, loc)
-        if fired is not None:
-            self._take_recorded(fired)
-            return
-        self._wait_live(position)

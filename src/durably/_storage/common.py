@@ -6,11 +6,12 @@ import importlib.resources
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .._errors import DatabaseError
-from .base import Listener
+from .base import TERMINAL, Listener, RunFilter, RunWrite
 
 log = logging.getLogger("durably.storage")
 
@@ -114,3 +115,58 @@ class Listeners:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=2)
+
+
+@dataclass
+class Partition:
+    """A group commit split by whether each run's claim still holds."""
+
+    rejected: set[str]
+    entries: list[tuple[Any, ...]]  # (run_id, seq, position, kind, name, payload, loc, at, epoch)
+    updates: list[dict[str, Any]]  # named parameters of the backend's UPDATE_RUN
+    ended: list[str]  # runs this commit moves to a terminal status
+
+
+def partition(writes: Sequence[RunWrite], owned: Mapping[str, int], now: float) -> Partition:
+    """Keep the writes whose run is still owned at the epoch they were made in."""
+    part = Partition(set(), [], [], [])
+    for w in writes:
+        if owned.get(w.run_id) != w.epoch:
+            part.rejected.add(w.run_id)
+            continue
+        part.entries.extend(
+            (w.run_id, e.seq, e.position, e.kind, e.name, e.payload, e.loc, e.at, w.epoch)
+            for e in w.entries
+        )
+        u = w.update
+        if u is not None:
+            part.updates.append(
+                {
+                    "id": w.run_id,
+                    "status": u.status,
+                    "result": u.result,
+                    "error": u.error,
+                    "wake_at": u.wake_at,
+                    "release": u.release,
+                    "version": u.version,
+                    "now": now,
+                }
+            )
+            if u.status in TERMINAL:
+                part.ended.append(w.run_id)
+    return part
+
+
+def filter_sql(where: RunFilter, mark: str) -> tuple[str, list[Any]]:
+    """``WHERE ... ORDER BY ... LIMIT`` for listing runs; ``mark`` is ``?`` or ``%s``."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if where.status:
+        clauses.append(f"status = {mark}")
+        params.append(where.status)
+    if where.workflow:
+        clauses.append(f"workflow = {mark}")
+        params.append(where.workflow)
+    sql = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    params.append(where.limit)
+    return sql + f" ORDER BY created_at DESC LIMIT {mark}", params

@@ -19,7 +19,6 @@ from ..._engine.journal import Entry
 from ..._errors import ConfigurationError, DatabaseError
 from ..base import (
     CHANNEL_DONE,
-    TERMINAL,
     Listener,
     NewRun,
     RunFilter,
@@ -27,7 +26,15 @@ from ..base import (
     RunWrite,
     Storage,
 )
-from ..common import SCHEMA_KEY, Listeners, check_version, migrations, split_statements
+from ..common import (
+    SCHEMA_KEY,
+    Listeners,
+    check_version,
+    filter_sql,
+    migrations,
+    partition,
+    split_statements,
+)
 from . import queries as q
 
 try:
@@ -80,8 +87,11 @@ class PostgresStorage(Storage):
             if self._opened:
                 return
             try:
+                # Connect once directly first: a refused connection then says why,
+                # instead of the pool's "initialization incomplete" after a timeout.
+                psycopg.connect(self._conninfo, connect_timeout=10).close()
                 self._pool.open(wait=True, timeout=10.0)
-            except psycopg_pool.PoolTimeout as exc:
+            except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
                 raise DatabaseError(self._unreachable(exc)) from None
             self._opened = True
 
@@ -103,6 +113,8 @@ class PostgresStorage(Storage):
             raise DatabaseError(self._unreachable(exc)) from None
         except psycopg.OperationalError as exc:
             raise DatabaseError(self._unreachable(exc)) from None
+        except psycopg.Error as exc:
+            raise DatabaseError(f"{self._where}: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         self._listeners.close()
@@ -179,21 +191,9 @@ class PostgresStorage(Storage):
         return RunRecord(*row) if row else None
 
     def list_runs(self, where: RunFilter) -> list[RunRecord]:
-        sql = q.LIST_RUNS
-        clauses: list[str] = []
-        params: list[Any] = []
-        if where.status:
-            clauses.append("status = %s")
-            params.append(where.status)
-        if where.workflow:
-            clauses.append("workflow = %s")
-            params.append(where.workflow)
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY created_at DESC LIMIT %s"
-        params.append(where.limit)
+        tail, params = filter_sql(where, "%s")
         with self._conn() as conn:
-            rows = conn.execute(sql, params).fetchall()  # type: ignore[call-overload]
+            rows = conn.execute(q.LIST_RUNS + tail, params).fetchall()  # type: ignore[arg-type]
         return [RunRecord(*r) for r in rows]
 
     def load_journal(self, run_id: str) -> list[Entry]:
@@ -229,54 +229,17 @@ class PostgresStorage(Storage):
         with self._conn() as conn, conn.transaction():
             ids = [w.run_id for w in writes]
             owned = dict(conn.execute(q.OWNED, (worker_id, ids)).fetchall())
-            rejected: set[str] = set()
-            cols: list[list[Any]] = [[] for _ in range(9)]
-            updates: list[dict[str, Any]] = []
-            done: list[str] = []
-            for w in writes:
-                if owned.get(w.run_id) != w.epoch:
-                    rejected.add(w.run_id)
-                    continue
-                for e in w.entries:
-                    for col, value in zip(
-                        cols,
-                        (
-                            w.run_id,
-                            e.seq,
-                            e.position,
-                            e.kind,
-                            e.name,
-                            e.payload,
-                            e.loc,
-                            e.at,
-                            w.epoch,
-                        ), strict=False,
-                    ):
-                        col.append(value)
-                u = w.update
-                if u is not None:
-                    updates.append(
-                        {
-                            "id": w.run_id,
-                            "status": u.status,
-                            "result": u.result,
-                            "error": u.error,
-                            "wake_at": u.wake_at,
-                            "release": u.release,
-                            "version": u.version,
-                            "now": now,
-                        }
-                    )
-                    if u.status in TERMINAL:
-                        done.append(w.run_id)
+            part = partition(writes, owned, now)
             with conn.cursor() as cur:
-                if cols[0]:
-                    cur.execute(q.INSERT_ENTRIES, cols)
-                if updates:
-                    cur.executemany(q.UPDATE_RUN, updates)
-                for run_id in done:
+                if part.entries:
+                    cur.execute(
+                        q.INSERT_ENTRIES, [list(col) for col in zip(*part.entries, strict=True)]
+                    )
+                if part.updates:
+                    cur.executemany(q.UPDATE_RUN, part.updates)
+                for run_id in part.ended:
                     cur.execute(q.NOTIFY, (CHANNEL_DONE, run_id))
-        return rejected
+        return part.rejected
 
     def renew(self, worker_id: str, now: float, lease_seconds: float) -> int:
         with self._conn() as conn:

@@ -33,7 +33,15 @@ from ..base import (
     RunWrite,
     Storage,
 )
-from ..common import SCHEMA_KEY, Listeners, check_version, migrations, split_statements
+from ..common import (
+    SCHEMA_KEY,
+    Listeners,
+    check_version,
+    filter_sql,
+    migrations,
+    partition,
+    split_statements,
+)
 from . import queries as q
 
 T = TypeVar("T")
@@ -103,11 +111,17 @@ class SQLiteStorage(Storage):
                 "DURABLY_DATABASE_URL elsewhere"
             )
         try:
+            # No SQLite busy handler: it wakes waiters unfairly (one process can
+            # starve for seconds); _retry's jittered short backoff shares the lock.
             conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
+                self.path, isolation_level=None, check_same_thread=False, timeout=0.0
             )
-            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute("PRAGMA busy_timeout = 0")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise  # _retry waits for the lock
+            raise self._foreign(exc) from None
         except sqlite3.DatabaseError as exc:
             raise self._foreign(exc) from None
         with self._lock:
@@ -133,17 +147,17 @@ class SQLiteStorage(Storage):
     def _retry(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` (one statement or transaction), riding out contention."""
         deadline = time.monotonic() + _BUSY_GIVE_UP
-        delay = 0.001
+        delay = 0.0005
         while True:
-            conn = self._conn()
+            conn: sqlite3.Connection | None = None
             try:
+                conn = self._conn()
                 return fn(conn)
             except sqlite3.OperationalError as exc:
-                if conn.in_transaction:
+                if conn is not None and conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
-                text = str(exc).lower()
-                if "locked" not in text and "busy" not in text:
+                if not _is_busy(exc):
                     raise DatabaseError(f"{self.url}: {exc}") from exc
                 if time.monotonic() > deadline:
                     raise DatabaseError(
@@ -151,12 +165,14 @@ class SQLiteStorage(Storage):
                         "retrying; another process holds a write lock"
                     ) from exc
                 time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 0.1)
+                delay = min(delay * 2, 0.002)
             except sqlite3.DatabaseError as exc:
-                if conn.in_transaction:
+                if conn is not None and conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
-                raise self._foreign(exc) from None
+                if type(exc) is sqlite3.DatabaseError:  # "file is not a database" & co
+                    raise self._foreign(exc) from None
+                raise DatabaseError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
 
     @contextlib.contextmanager
     def _write(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
@@ -235,20 +251,8 @@ class SQLiteStorage(Storage):
         return RunRecord(*row) if row else None
 
     def list_runs(self, where: RunFilter) -> list[RunRecord]:
-        sql = q.LIST_RUNS
-        clauses: list[str] = []
-        params: list[Any] = []
-        if where.status:
-            clauses.append("status = ?")
-            params.append(where.status)
-        if where.workflow:
-            clauses.append("workflow = ?")
-            params.append(where.workflow)
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY created_at DESC LIMIT ?"
-        params.append(where.limit)
-        rows = self._retry(lambda c: c.execute(sql, params).fetchall())
+        tail, params = filter_sql(where, "?")
+        rows = self._retry(lambda c: c.execute(q.LIST_RUNS + tail, params).fetchall())
         return [RunRecord(*r) for r in rows]
 
     def load_journal(self, run_id: str) -> list[Entry]:
@@ -293,46 +297,12 @@ class SQLiteStorage(Storage):
                 for start in range(0, len(ids), _CHUNK):
                     chunk = ids[start : start + _CHUNK]
                     owned.update(conn.execute(q.owned(len(chunk)), [worker_id, *chunk]))
-                rejected: set[str] = set()
-                rows: list[tuple[Any, ...]] = []
-                updates: list[dict[str, Any]] = []
-                for w in writes:
-                    if owned.get(w.run_id) != w.epoch:
-                        rejected.add(w.run_id)
-                        continue
-                    rows.extend(
-                        (
-                            w.run_id,
-                            e.seq,
-                            e.position,
-                            e.kind,
-                            e.name,
-                            e.payload,
-                            e.loc,
-                            e.at,
-                            w.epoch,
-                        )
-                        for e in w.entries
-                    )
-                    u = w.update
-                    if u is not None:
-                        updates.append(
-                            {
-                                "id": w.run_id,
-                                "status": u.status,
-                                "result": u.result,
-                                "error": u.error,
-                                "wake_at": u.wake_at,
-                                "release": 1 if u.release else 0,
-                                "version": u.version,
-                                "now": now,
-                            }
-                        )
-                if rows:
-                    conn.executemany(q.INSERT_ENTRY, rows)
-                if updates:
-                    conn.executemany(q.UPDATE_RUN, updates)
-            return rejected
+                part = partition(writes, owned, now)
+                if part.entries:
+                    conn.executemany(q.INSERT_ENTRY, part.entries)
+                if part.updates:
+                    conn.executemany(q.UPDATE_RUN, part.updates)
+            return part.rejected
 
         return self._retry(tx)
 
@@ -384,7 +354,7 @@ class SQLiteStorage(Storage):
     def _poll_loop(self, stop: threading.Event, dispatch: Listener) -> None:
         # PRAGMA data_version changes when another connection commits; reading
         # it touches only shared memory, so polling it costs next to nothing.
-        conn = self._connect()
+        conn = self._retry(lambda _: self._connect())
         try:
             last = conn.execute(q.DATA_VERSION).fetchone()[0]
             while not stop.wait(POLL_INTERVAL):
@@ -400,3 +370,8 @@ class SQLiteStorage(Storage):
                 if conn in self._all:
                     self._all.remove(conn)
             conn.close()
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text

@@ -1,0 +1,132 @@
+"""The worker: concurrency, group commit, the hot path's write and read counts."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import durably
+
+
+async def test_runs_execute_concurrently_up_to_the_limit(
+    make_app: Callable[..., durably.App],
+) -> None:
+    app = make_app()
+    lock = threading.Lock()
+    now = {"running": 0, "peak": 0}
+
+    @app.step()
+    def busy(n: int) -> int:
+        with lock:
+            now["running"] += 1
+            now["peak"] = max(now["peak"], now["running"])
+        threading.Event().wait(0.3)
+        with lock:
+            now["running"] -= 1
+        return n
+
+    @app.workflow()
+    async def one(ctx: durably.Context, n: int) -> int:
+        return int(await busy(n))
+
+    @app.workflow()
+    def other(ctx: durably.Context, n: int) -> int:
+        return int(busy(n))
+
+    async with app.worker(concurrency=6):
+        handles = [await app.start(one if i % 2 else other, i) for i in range(12)]
+        results = [await h.result(timeout=30) for h in handles]
+    assert results == list(range(12))
+    assert now["peak"] == 6  # six at once, never more
+
+
+async def test_one_write_per_completed_step_and_one_journal_read_per_claim(
+    make_app: Callable[..., durably.App],
+) -> None:
+    app = make_app()
+    reads: list[str] = []
+    storage = app.storage
+    real_load = storage.load_journal
+
+    def counting_load(run_id: str) -> Any:
+        reads.append(run_id)
+        return real_load(run_id)
+
+    storage.load_journal = counting_load  # type: ignore[method-assign]
+
+    @app.step()
+    async def s(x: int) -> int:
+        return x + 1
+
+    @app.workflow()
+    async def three(ctx: durably.Context) -> int:
+        return int(await s(await s(await s(0))))
+
+    async with app.worker() as worker:
+        handle = await app.start(three, id="hot")
+        assert await handle.result(timeout=20) == 3
+        writes = worker.committer.writes
+    assert writes == 3  # the third step's write also completes the run
+    assert reads == ["hot"]
+
+
+async def test_concurrent_runs_share_commits(make_app: Callable[..., durably.App]) -> None:
+    app = make_app()
+
+    @app.step()
+    async def tick(x: int) -> int:
+        await asyncio.sleep(0)
+        return x
+
+    @app.workflow()
+    async def flow(ctx: durably.Context, x: int) -> int:
+        total = 0
+        for i in range(5):
+            total += int(await tick(i))
+        return total + x
+
+    async with app.worker(concurrency=50) as worker:
+        handles = [await app.start(flow, i) for i in range(50)]
+        assert [await h.result(timeout=60) for h in handles] == [10 + i for i in range(50)]
+        assert worker.committer.writes >= 250
+        assert worker.committer.batches < worker.committer.writes  # group commit happened
+
+
+async def test_asyncio_timers_in_workflows_are_durable(
+    make_app: Callable[..., durably.App],
+) -> None:
+    app = make_app(suspend_after=0.0)
+
+    @app.step()
+    async def slow() -> str:
+        await asyncio.sleep(5)
+        return "late"
+
+    @app.workflow()
+    async def flow(ctx: durably.Context) -> str:
+        await asyncio.sleep(0.3)  # a durable timer
+        try:
+            return str(await asyncio.wait_for(slow(), timeout=0.3))
+        except asyncio.TimeoutError:
+            return "timed out"
+
+    async with app.worker():
+        handle = await app.start(flow, id="aio")
+        assert await handle.result(timeout=20) == "timed out"
+    kinds = [(e.kind, e.name) for e in app.storage.load_journal("aio")]
+    assert kinds[:2] == [("timer", "asyncio-timer"), ("fired", "asyncio-timer")]
+    assert ("timer", "asyncio-timer") in kinds[2:]
+
+
+def test_sqlite_is_power_loss_safe_by_default(tmp_path: Any) -> None:
+    from durably._storage.sqlite.store import SQLiteStorage
+
+    for query, expected in [("", 2), ("?synchronous=normal", 1)]:
+        storage = SQLiteStorage(f"sqlite:///{tmp_path / 'x.db'}{query}")
+        storage.migrate()
+        level = storage._conn().execute("PRAGMA synchronous").fetchone()[0]
+        mode = storage._conn().execute("PRAGMA journal_mode").fetchone()[0]
+        storage.close()
+        assert (level, mode) == (expected, "wal")
