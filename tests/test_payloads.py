@@ -110,7 +110,7 @@ async def test_unknown_workflow_and_unknown_run(make_app: Callable[..., durably.
     async def stranger(ctx: durably.Context) -> None:
         return None
 
-    with pytest.raises(durably.UnknownWorkflowError, match="'nope' is not a workflow.*known"):
+    with pytest.raises(durably.UnknownWorkflowError, match=r"'nope' is not a workflow.*known"):
         await app.start("nope")
     with pytest.raises(durably.UnknownWorkflowError, match="'stranger' is not a workflow"):
         await app.start(stranger)
