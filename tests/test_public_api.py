@@ -10,6 +10,7 @@ import durably
 EXPECTED = [
     "App",
     "ChildFailed",
+    "ChildHandle",
     "ConfigurationError",
     "Context",
     "DatabaseError",
@@ -18,10 +19,12 @@ EXPECTED = [
     "PayloadError",
     "ResultTimeout",
     "Retry",
+    "RunFinished",
     "RunNotFound",
     "StepFailed",
     "StepTimeout",
     "UnknownWorkflowError",
+    "WaitTimeout",
     "WorkflowCancelled",
     "WorkflowFailed",
     "WorkflowHandle",
@@ -49,8 +52,8 @@ def test_package_is_typed() -> None:
 
 def test_client_awaitables_have_blocking_twins() -> None:
     for cls, names in [
-        (durably.App, ["start"]),
-        (durably.WorkflowHandle, ["result", "status"]),
+        (durably.App, ["start", "signal", "get_event", "cancel", "list_runs"]),
+        (durably.WorkflowHandle, ["result", "status", "cancel", "signal"]),
     ]:
         for name in names:
             assert inspect.iscoroutinefunction(getattr(cls, name)), name

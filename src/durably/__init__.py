@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._app import App
-from ._context import Context, current_step_key_or_raise
+from ._context import ChildHandle, Context, current_step_key_or_raise
 from ._errors import (
     ChildFailed,
     ConfigurationError,
@@ -12,10 +12,12 @@ from ._errors import (
     NonDeterminismError,
     PayloadError,
     ResultTimeout,
+    RunFinished,
     RunNotFound,
     StepFailed,
     StepTimeout,
     UnknownWorkflowError,
+    WaitTimeout,
     WorkflowCancelled,
     WorkflowFailed,
 )
@@ -37,6 +39,7 @@ def current_step_key() -> str:
 __all__ = [
     "App",
     "ChildFailed",
+    "ChildHandle",
     "ConfigurationError",
     "Context",
     "DatabaseError",
@@ -45,10 +48,12 @@ __all__ = [
     "PayloadError",
     "ResultTimeout",
     "Retry",
+    "RunFinished",
     "RunNotFound",
     "StepFailed",
     "StepTimeout",
     "UnknownWorkflowError",
+    "WaitTimeout",
     "WorkflowCancelled",
     "WorkflowFailed",
     "WorkflowHandle",

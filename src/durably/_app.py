@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import inspect
 import logging
@@ -15,13 +16,23 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import _config, _serde
-from ._errors import ConfigurationError, PayloadError, RunNotFound, UnknownWorkflowError
+from ._context import to_seconds
+from ._errors import (
+    ConfigurationError,
+    PayloadError,
+    RunNotFound,
+    UnknownWorkflowError,
+    WaitTimeout,
+)
 from ._handle import WorkflowHandle
 from ._registry import StepDef, WorkflowDef, make_step, source_version
 from ._retry import DEFAULT_RETRY, Retry
 from ._storage import open_storage
 from ._storage.base import (
+    CHANNEL_CANCEL,
     CHANNEL_DONE,
+    CHANNEL_EVENT,
+    CHANNEL_SIGNAL,
     CHANNEL_WORK,
     TERMINAL,
     NewRun,
@@ -88,13 +99,30 @@ class App:
 
     @overload
     def workflow(
-        self, fn: None = None, *, name: str | None = None, version: str | None = None
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        version: str | None = None,
+        deadline: float | dt.timedelta | None = None,
     ) -> Callable[[F], F]: ...
 
     def workflow(
-        self, fn: Any = None, *, name: str | None = None, version: str | None = None
+        self,
+        fn: Any = None,
+        *,
+        name: str | None = None,
+        version: str | None = None,
+        deadline: float | dt.timedelta | None = None,
     ) -> Any:
-        """Register a workflow: ``def`` or ``async def``, taking ``ctx`` first."""
+        """Register a workflow: ``def`` or ``async def``, taking ``ctx`` first.
+
+        ``deadline`` (seconds or a timedelta) cancels each run that long after
+        it was started, unless ``app.start(..., deadline=...)`` says otherwise.
+        """
+        default_deadline = (
+            to_seconds(deadline, "@app.workflow(deadline=...)") if deadline is not None else None
+        )
 
         def register(fn: F) -> F:
             if not callable(fn):
@@ -112,6 +140,8 @@ class App:
                 name=wf_name,
                 version=str(version) if version is not None else source_version(fn),
                 is_async=inspect.iscoroutinefunction(fn),
+                deadline=default_deadline,
+                resolve=self._definition,
             )
             self._workflows[wf_name] = definition
             fn.__durably_workflow__ = definition  # type: ignore[attr-defined]
@@ -216,9 +246,19 @@ class App:
         return definition
 
     def _new_run(
-        self, workflow: Any, args: tuple[Any, ...], kwargs: dict[str, Any], run_id: str | None
+        self,
+        workflow: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        run_id: str | None,
+        deadline: float | dt.timedelta | None = None,
     ) -> NewRun:
         definition = self._definition(workflow)
+        seconds = (
+            to_seconds(deadline, "start(..., deadline=...)")
+            if deadline is not None
+            else definition.deadline
+        )
         if run_id is None:
             run_id = uuid.uuid4().hex
         elif not isinstance(run_id, str) or not run_id or len(run_id) > 512:
@@ -226,12 +266,14 @@ class App:
                 f"run id must be a non-empty string of at most 512 characters, got {run_id!r}"
             )
         args_text = definition.encode_args(args, kwargs, self.max_payload_bytes)
+        now = self.clock()
         return NewRun(
             id=run_id,
             workflow=definition.name,
             version=definition.version,
             args=args_text,
-            created_at=self.clock(),
+            created_at=now,
+            deadline=now + seconds if seconds is not None else None,
         )
 
     def _create(self, run: NewRun) -> WorkflowHandle:
@@ -246,21 +288,117 @@ class App:
         return WorkflowHandle(self, run.id)
 
     async def start(
-        self, workflow: Any, *args: Any, id: str | None = None, **kwargs: Any
+        self,
+        workflow: Any,
+        *args: Any,
+        id: str | None = None,
+        deadline: float | dt.timedelta | None = None,
+        **kwargs: Any,
     ) -> WorkflowHandle:
         """Start ``workflow(*args, **kwargs)`` as a run (idempotent by ``id``).
 
         Starting an id that exists returns a handle to the existing run; the
-        workflow never runs twice for one id.
+        workflow never runs twice for one id. ``deadline`` cancels the run
+        that long after it starts (overrides the workflow's default).
         """
-        run = self._new_run(workflow, args, kwargs, id)
+        run = self._new_run(workflow, args, kwargs, id, deadline)
         return await _in_thread(self._create, run)
 
     def start_sync(
-        self, workflow: Any, *args: Any, id: str | None = None, **kwargs: Any
+        self,
+        workflow: Any,
+        *args: Any,
+        id: str | None = None,
+        deadline: float | dt.timedelta | None = None,
+        **kwargs: Any,
     ) -> WorkflowHandle:
         """Blocking twin of :meth:`start`."""
-        return self._create(self._new_run(workflow, args, kwargs, id))
+        return self._create(self._new_run(workflow, args, kwargs, id, deadline))
+
+    # -- signals, events, cancellation ---------------------------------------------
+    def signal_sync(self, run_id: str, topic: str, payload: Any = None) -> None:
+        """Blocking twin of :meth:`signal`."""
+        if not isinstance(topic, str) or not topic:
+            raise ConfigurationError(f"signal topic must be a non-empty string, got {topic!r}")
+        text = _serde.encode(
+            payload, what=f"the payload of signal {topic!r}", limit=self.max_payload_bytes
+        )
+        self.storage.send_signal(run_id, topic, text, self.clock())
+        self._hub.publish(CHANNEL_SIGNAL, run_id)
+
+    async def signal(self, run_id: str, topic: str, payload: Any = None) -> None:
+        """Send ``payload`` to run ``run_id`` on ``topic`` (for ``ctx.wait_for``).
+
+        Signals are kept in order until a wait takes them, even before the
+        run started. Raises :class:`RunNotFound` for an unknown run and
+        :class:`RunFinished` for one that already ended.
+        """
+        await _in_thread(self.signal_sync, run_id, topic, payload)
+
+    def get_event_sync(
+        self, run_id: str, key: str, timeout: float | dt.timedelta | None = None
+    ) -> Any:
+        """Blocking twin of :meth:`get_event`."""
+        limit = None if timeout is None else to_seconds(timeout, "get_event(timeout=...)")
+        deadline = None if limit is None else time.monotonic() + limit
+        waiter = self._event_waiter(run_id, None)
+        try:
+            while True:
+                value = self.storage.get_event(run_id, key)
+                if value is not None:
+                    return _serde.decode(value)
+                remaining = _RESULT_POLL if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeout(f"run {run_id!r} set no event {key!r} within {limit}s")
+                waiter.wait_sync(min(remaining, _RESULT_POLL))
+        finally:
+            waiter.close()
+
+    async def get_event(
+        self, run_id: str, key: str, timeout: float | dt.timedelta | None = None
+    ) -> Any:
+        """The latest value run ``run_id`` set with ``ctx.set_event(key, ...)``.
+
+        Waits until one is set; raises :class:`WaitTimeout` (a
+        ``TimeoutError``) after ``timeout`` (seconds or timedelta).
+        """
+        limit = None if timeout is None else to_seconds(timeout, "get_event(timeout=...)")
+        deadline = None if limit is None else time.monotonic() + limit
+        waiter = self._event_waiter(run_id, asyncio.get_running_loop())
+        try:
+            while True:
+                value = await _in_thread(self.storage.get_event, run_id, key)
+                if value is not None:
+                    return _serde.decode(value)
+                remaining = _RESULT_POLL if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeout(f"run {run_id!r} set no event {key!r} within {limit}s")
+                await waiter.wait(min(remaining, _RESULT_POLL))
+        finally:
+            waiter.close()
+
+    def _event_waiter(self, run_id: str, loop: asyncio.AbstractEventLoop | None) -> ChangeWaiter:
+        def accept(channel: str, payload: str) -> bool:
+            return channel == "" or (channel == CHANNEL_EVENT and payload == run_id)
+
+        return ChangeWaiter([self.storage.subscribe, self._hub.subscribe], accept, loop)
+
+    def cancel_sync(self, run_id: str, reason: str = "cancelled") -> str:
+        """Blocking twin of :meth:`cancel`."""
+        status = self.storage.request_cancel(run_id, self.clock(), reason)
+        self._hub.publish(CHANNEL_CANCEL, run_id)
+        if status == "cancelled":
+            self._hub.publish(CHANNEL_DONE, run_id)
+        return status
+
+    async def cancel(self, run_id: str, reason: str = "cancelled") -> str:
+        """Cancel a run and all its children; returns its status right after.
+
+        ``asyncio.CancelledError`` is raised in the run where it waits (or at
+        its next durable operation, after an executing step finishes). A run
+        that never started is cancelled at once; an ended run is left as is.
+        """
+        return await _in_thread(self.cancel_sync, run_id, reason)
 
     def get_handle(self, run_id: str) -> WorkflowHandle:
         """A handle to an existing run (checked when used)."""
@@ -340,7 +478,7 @@ class App:
             poll_interval=self.poll_interval,
             payload_limit=self.max_payload_bytes,
             clock=self.clock,
-            on_done=functools.partial(self._hub.publish, CHANNEL_DONE),
+            publish=self._hub.publish,
             subscribe_local=self._hub.subscribe,
         )
 

@@ -8,7 +8,8 @@ import uuid as _uuid
 from collections.abc import Callable
 from typing import Any
 
-from ._engine.instance import Instance, caller_location, current_step_key
+from . import _serde
+from ._engine.instance import ChildSpec, Instance, caller_location, current_step_key
 from ._engine.journal import Kind
 from ._errors import ConfigurationError, DurablyError
 from ._retry import DEFAULT_RETRY, Retry
@@ -28,6 +29,28 @@ def to_seconds(value: float | dt.timedelta, what: str) -> float:
     return seconds
 
 
+class ChildHandle:
+    """A child run started with ``ctx.start_child``: await it (async) or call
+    ``result()`` (sync) for its result."""
+
+    __slots__ = ("_collect", "id", "workflow")
+
+    def __init__(self, child_id: str, workflow: str, collect: Callable[[], Any]) -> None:
+        self.id = child_id
+        self.workflow = workflow
+        self._collect = collect
+
+    def __repr__(self) -> str:
+        return f"ChildHandle({self.id!r}, workflow={self.workflow!r})"
+
+    def __await__(self) -> Any:
+        return self._collect().__await__()
+
+    def result(self) -> Any:
+        """The child's result (sync workflows; blocks until the child ends)."""
+        return self._collect()
+
+
 class Context:
     """Handed to every workflow as its first argument.
 
@@ -36,10 +59,11 @@ class Context:
     journaled: on replay it returns what it returned the first time.
     """
 
-    __slots__ = ("_instance",)
+    __slots__ = ("_instance", "_resolve")
 
-    def __init__(self, instance: Instance) -> None:
+    def __init__(self, instance: Instance, resolve: Callable[[Any], Any] | None = None) -> None:
         self._instance = instance
+        self._resolve = resolve
 
     @property
     def run_id(self) -> str:
@@ -107,6 +131,66 @@ class Context:
                 f"ctx.sleep_until({name!r}, when): when must be a timezone-aware datetime"
             )
         return self._instance.sleep(name, when.timestamp(), caller_location())
+
+    def wait_for(self, topic: str, timeout: float | dt.timedelta | None = None) -> Any:
+        """Wait for the next signal sent to this run on ``topic`` and return its payload.
+
+        Signals sent earlier (even before the run started) are kept in order;
+        each is handed to exactly one wait. Raises :class:`WaitTimeout` (a
+        ``TimeoutError``) when ``timeout`` passes first; without a timeout it
+        waits forever, suspended.
+        """
+        if not isinstance(topic, str) or not topic:
+            raise ConfigurationError(
+                f"ctx.wait_for(topic): topic must be a non-empty string, got {topic!r}"
+            )
+        instance = self._instance
+        deadline = None
+        if timeout is not None:
+            deadline = instance.clock() + to_seconds(timeout, f"ctx.wait_for({topic!r}) timeout")
+        return instance.wait_for(topic, deadline, caller_location())
+
+    def set_event(self, key: str, value: Any) -> None:
+        """Publish ``value`` under ``key``; ``app.get_event(run_id, key)`` reads the latest."""
+        if not isinstance(key, str) or not key:
+            raise ConfigurationError(
+                f"ctx.set_event(key, value): key must be a non-empty string, got {key!r}"
+            )
+        text = _serde.encode(value, what=f"event {key!r}", limit=self._instance.info.payload_limit)
+        self._instance.set_event(key, text, caller_location())
+
+    def child(self, workflow: Any, *args: Any, id: str | None = None, **kwargs: Any) -> Any:
+        """Run ``workflow`` as a child run and return its result (await it in async code).
+
+        A child's failure or cancellation raises :class:`ChildFailed` here.
+        Its id defaults to ``"<this run's id>/<position>"``, so a replay finds
+        the same child instead of starting a twin.
+        """
+        return self.start_child(workflow, *args, id=id, **kwargs)._collect()
+
+    def start_child(
+        self, workflow: Any, *args: Any, id: str | None = None, **kwargs: Any
+    ) -> ChildHandle:
+        """Start a child run now and collect its result later (fan out with gather)."""
+        if self._resolve is None:
+            raise ConfigurationError("this context cannot start child workflows")
+        definition = self._resolve(workflow)
+        limit = self._instance.info.payload_limit
+        spec = ChildSpec(
+            workflow=definition.name,
+            version=definition.version,
+            args=definition.encode_args(args, kwargs, limit),
+            deadline=(
+                self._instance.clock() + definition.deadline
+                if definition.deadline is not None
+                else None
+            ),
+        )
+        instance = self._instance
+        position, child_id, done = instance.begin_child(
+            spec, id, definition.result_type, caller_location()
+        )
+        return ChildHandle(child_id, definition.name, instance.deferred(position, done))
 
     def now(self) -> dt.datetime:
         """The current time (UTC, timezone-aware), journaled."""

@@ -30,8 +30,16 @@ class RunNotFound(UnknownWorkflowError):
     """No run exists with the given id."""
 
 
+class RunFinished(DurablyError):
+    """The run already ended; it cannot take signals any more."""
+
+
 class ResultTimeout(DurablyError, TimeoutError):
-    """Waiting for a run's result (or an event) took longer than allowed."""
+    """Waiting for a run's result took longer than allowed."""
+
+
+class WaitTimeout(DurablyError, TimeoutError):
+    """A wait ran out of time: ``ctx.wait_for`` in a run, ``app.get_event`` outside."""
 
 
 class _RemoteError(DurablyError):

@@ -42,7 +42,21 @@ class WorkflowHandle:
         record = await self._app._await_terminal(self.id, timeout)
         return self._outcome(record, timeout)
 
+    async def cancel(self, reason: str = "cancelled") -> str:
+        """Cancel the run and its children (see :meth:`App.cancel`)."""
+        return await self._app.cancel(self.id, reason)
+
+    async def signal(self, topic: str, payload: Any = None) -> None:
+        """Send the run a signal (see :meth:`App.signal`)."""
+        await self._app.signal(self.id, topic, payload)
+
     # -- blocking twins ----------------------------------------------------
+    def cancel_sync(self, reason: str = "cancelled") -> str:
+        return self._app.cancel_sync(self.id, reason)
+
+    def signal_sync(self, topic: str, payload: Any = None) -> None:
+        self._app.signal_sync(self.id, topic, payload)
+
     def status_sync(self) -> str:
         return self._app._record(self.id).status
 
@@ -63,8 +77,9 @@ class WorkflowHandle:
             tp = definition.result_type if definition is not None else Any
             return _serde.decode(record.result, tp)
         if record.status == "cancelled":
+            reason = record.cancel_reason or "cancelled"
             raise WorkflowCancelled(
-                f"run {self.id!r} of workflow {record.workflow!r} was cancelled"
+                f"run {self.id!r} of workflow {record.workflow!r} was cancelled ({reason})"
             )
         error = json.loads(record.error or "{}")
         error_type = error.get("type", "Error")

@@ -37,6 +37,8 @@ class WorkflowDef:
     name: str
     version: str
     is_async: bool
+    deadline: float | None = None  # seconds from start, or None
+    resolve: Callable[[Any], WorkflowDef] | None = None  # the app's lookup, for children
     signature: inspect.Signature = field(init=False)
     params: list[inspect.Parameter] = field(init=False)
 
@@ -113,11 +115,11 @@ class WorkflowDef:
         if self.is_async:
             ctx_box: list[Context] = []
             instance = AsyncInstance(info, lambda: fn(ctx_box[0], *args, **kwargs))
-            ctx_box.append(Context(instance))
+            ctx_box.append(Context(instance, self.resolve))
         else:
             holder: list[Context] = []
             instance = SyncInstance(info, lambda: fn(holder[0], *args, **kwargs), executor, loop)
-            holder.append(Context(instance))
+            holder.append(Context(instance, self.resolve))
         return instance
 
 

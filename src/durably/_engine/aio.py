@@ -22,13 +22,13 @@ from typing import Any
 from .._errors import DurablyError
 from .instance import (
     Abandoned,
-    CancelTimer,
+    Forget,
     Instance,
     RunInfo,
     caller_location,
     current_instance,
 )
-from .journal import Entry
+from .journal import Entry, Kind
 
 log = logging.getLogger("durably.workflow")
 
@@ -177,9 +177,12 @@ class AsyncInstance(Instance):
         self._loop.run_ready()
         pending = self.history.pending
         while pending and self.outcome is None:
-            if pending[0].position not in self._waiting:
+            if pending[0].kind == Kind.CANCEL:
+                self.deliver_cancel(pending.popleft())
+            elif pending[0].position in self._waiting:
+                self._resolve(pending.popleft())
+            else:
                 break
-            self._resolve(pending.popleft())
             self._loop.run_ready()
         self.check_leftovers()
         if self.outcome is not None and self.outcome.diverged:
@@ -200,6 +203,11 @@ class AsyncInstance(Instance):
             value, exc = self.completion_value(entry)
             waiter(value, exc)
 
+    def deliver_cancel(self, entry: Entry) -> None:
+        reason = self._cancel_entry_reason(entry)
+        if self._task is not None and not self._task.done():
+            self._task.cancel(reason)
+
     async def _main(self) -> None:
         current_instance.set(self)
         try:
@@ -207,7 +215,9 @@ class AsyncInstance(Instance):
         except Abandoned:
             return
         except asyncio.CancelledError:
-            if not self.abandoned:
+            if self.cancel_delivered:
+                self._end_cancelled()
+            elif not self.abandoned:
                 self._fail(DurablyError("the workflow's task was cancelled"))
         except RuntimeError as exc:
             if "attached to a different loop" in str(exc):
@@ -232,7 +242,18 @@ class AsyncInstance(Instance):
         # A recorded completion is handed back in journal order by start().
         fut = self._loop.create_future()
         self._waiting[position] = partial(_settle_future, fut)
+        fut.add_done_callback(partial(self._forget_if_cancelled, position))
         return fut
+
+    def deferred(self, position: int, recorded: Entry | None) -> Callable[[], Any]:
+        fut = self._pending(position, recorded)
+        return lambda: fut
+
+    def _forget_if_cancelled(self, position: int, fut: asyncio.Future[Any]) -> None:
+        # The code gave up on this operation (asyncio.wait_for, a cancelled
+        # task): stop waiting for it, so e.g. no signal is consumed for it.
+        if fut.cancelled() and self._waiting.pop(position, None) is not None:
+            self.commands.append(Forget(position))
 
     def loop_timer(
         self, when: float, callback: Callable[..., Any], args: tuple[Any, ...], context: Any
@@ -252,7 +273,7 @@ class AsyncInstance(Instance):
     def cancel_loop_timer(self, handle: asyncio.TimerHandle) -> None:
         position = self._loop_timers.pop(id(handle), None)
         if position is not None and self._waiting.pop(position, None) is not None:
-            self.commands.append(CancelTimer(position))
+            self.commands.append(Forget(position))
 
     def abandon(self) -> None:
         if self.abandoned:

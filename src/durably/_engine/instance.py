@@ -11,6 +11,7 @@ completions. The instance never touches storage.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import os
@@ -20,7 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _serde
-from .._errors import NonDeterminismError, PayloadError, StepFailed, describe_exception
+from .._errors import (
+    ChildFailed,
+    NonDeterminismError,
+    PayloadError,
+    StepFailed,
+    WaitTimeout,
+    describe_exception,
+)
 from .._retry import Retry
 from .journal import COMPLETIONS, Entry, History, Kind, mismatch
 
@@ -68,11 +76,42 @@ class TimerCall:
 
 
 @dataclass(slots=True)
-class CancelTimer:
+class WaitCall:
+    """Command: hand the next signal on ``topic`` to this wait (until ``deadline``)."""
+
+    position: int
+    topic: str
+    deadline: float | None
+
+
+@dataclass(slots=True)
+class ChildSpec:
+    """What it takes to create a child run."""
+
+    workflow: str
+    version: str
+    args: str
+    deadline: float | None = None
+
+
+@dataclass(slots=True)
+class ChildCall:
+    """Command: create the child run (unless ``spec`` is None) and await its end."""
+
+    position: int
+    child_id: str
+    workflow: str
+    spec: ChildSpec | None
+
+
+@dataclass(slots=True)
+class Forget:
+    """Command: the code stopped waiting on the operation at ``position``."""
+
     position: int
 
 
-Command = StepCall | TimerCall | CancelTimer
+Command = StepCall | TimerCall | WaitCall | ChildCall | Forget
 
 
 @dataclass(slots=True)
@@ -116,6 +155,8 @@ class Instance:
         self._next_position = 0
         self._result_types: dict[int, Any] = {}
         self._names: dict[int, str] = {}
+        self.cancel_reason: str | None = None  # cancellation asked for
+        self.cancel_delivered = False  # CancelledError raised in the code
 
     # -- driver side -------------------------------------------------------
     async def start(self) -> None:
@@ -148,7 +189,13 @@ class Instance:
 
     # -- matching ------------------------------------------------------------
     def _issue(
-        self, op: str, name: str, loc: str | None, aliases: Sequence[str] = ()
+        self,
+        op: str,
+        name: str,
+        loc: str | None,
+        aliases: Sequence[str] = (),
+        *,
+        cancellable: bool = True,
     ) -> tuple[int, list[Entry]]:
         if self.abandoned or (self.outcome is not None and self.outcome.diverged):
             raise Abandoned()
@@ -157,10 +204,53 @@ class Instance:
         recorded = self.history.at(position)
         if recorded:
             first = recorded[0]
+            if first.kind == Kind.CANCEL_AT:
+                self._raise_cancel(json.loads(first.payload or "{}").get("reason"))
             if first.op != op or (first.name != name and first.name not in aliases):
                 self._diverge(position, first, (op, name, loc))
+        elif cancellable and self.cancel_reason is not None and not self.cancel_delivered:
+            # Cancellation asked for while a step ran: raise it at this, the
+            # next operation, and journal where so a replay raises it here too.
+            payload = json.dumps({"reason": self.cancel_reason})
+            self.new_entries.append(
+                Entry(position, Kind.CANCEL_AT, "cancel", payload, loc, self.clock())
+            )
+            self._raise_cancel(self.cancel_reason)
         self._names[position] = name
         return position, recorded
+
+    def _raise_cancel(self, reason: str | None) -> None:
+        self.cancel_delivered = True
+        self.cancel_reason = reason or self.cancel_reason or "cancelled"
+        raise asyncio.CancelledError(self.cancel_reason)
+
+    # -- cancellation ----------------------------------------------------------
+    def request_cancel(self, reason: str) -> None:
+        """Arm cancellation: raised at the next operation, or delivered by the driver."""
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+
+    def deliver_cancel(self, entry: Entry) -> None:
+        """Raise ``CancelledError`` where the code waits now (a ``cancel`` entry)."""
+        raise NotImplementedError
+
+    def _cancel_entry_reason(self, entry: Entry) -> str:
+        reason = json.loads(entry.payload or "{}").get("reason") or "cancelled"
+        self.cancel_delivered = True
+        self.cancel_reason = str(reason)
+        return self.cancel_reason
+
+    def _end_cancelled(self, result: str | None = None) -> None:
+        if self.outcome is None:
+            self.outcome = Outcome(
+                "cancelled",
+                result=result,
+                error={
+                    "type": "WorkflowCancelled",
+                    "message": self.cancel_reason or "cancelled",
+                    "traceback": "",
+                },
+            )
 
     def _diverge(
         self,
@@ -227,13 +317,62 @@ class Instance:
         """Issue a timer firing at ``fire_at`` (epoch seconds)."""
         return self._pending(*self._begin_timer(name, fire_at, loc))
 
+    def wait_for(self, topic: str, deadline: float | None, loc: str | None) -> Any:
+        """Issue a wait for the next signal on ``topic`` (until ``deadline``)."""
+        position, recorded = self._issue("signal", topic, loc)
+        done = None
+        if recorded:
+            deadline = json.loads(recorded[0].payload or "{}").get("deadline")
+            done = next((e for e in recorded if e.kind in COMPLETIONS), None)
+        else:
+            payload = json.dumps({"deadline": deadline})
+            self.new_entries.append(Entry(position, Kind.WAIT, topic, payload, loc, self.clock()))
+        if done is None:
+            self.commands.append(WaitCall(position, topic, deadline))
+        return self._pending(position, done)
+
+    def set_event(self, key: str, value: str, loc: str | None) -> None:
+        """Publish ``value`` (JSON) under ``key``; journaled once."""
+        position, recorded = self._issue("event", key, loc, cancellable=False)
+        if not recorded:
+            self.new_entries.append(Entry(position, Kind.EVENT, key, value, loc, self.clock()))
+
+    def begin_child(
+        self,
+        spec: ChildSpec,
+        child_id: str | None,
+        result_type: Any,
+        loc: str | None,
+    ) -> tuple[int, str, Entry | None]:
+        """Issue a child run; returns position, child id and recorded end (if any)."""
+        position, recorded = self._issue("child", spec.workflow, loc)
+        self._result_types[position] = result_type
+        done = None
+        if recorded:
+            child_id = str(json.loads(recorded[0].payload or "{}").get("id"))
+            done = next((e for e in recorded if e.kind in COMPLETIONS), None)
+            if done is None:
+                self.commands.append(ChildCall(position, child_id, spec.workflow, None))
+        else:
+            child_id = child_id or f"{self.run_id}/{position}"
+            payload = json.dumps({"id": child_id})
+            self.new_entries.append(
+                Entry(position, Kind.CHILD, spec.workflow, payload, loc, self.clock())
+            )
+            self.commands.append(ChildCall(position, child_id, spec.workflow, spec))
+        return position, child_id, done
+
     def _pending(self, position: int, recorded: Entry | None) -> Any:
         """What the code gets for an issued operation (see the subclasses)."""
         raise NotImplementedError
 
+    def deferred(self, position: int, recorded: Entry | None) -> Callable[[], Any]:
+        """Like ``_pending`` but collected later (``ctx.start_child``)."""
+        raise NotImplementedError
+
     def record_value(self, op: str, kind: str, make: Callable[[], Any], loc: str | None) -> Any:
         """``ctx.now()``, ``ctx.random()``, ``ctx.uuid4()``: journal a value once."""
-        position, recorded = self._issue(op, op, loc)
+        position, recorded = self._issue(op, op, loc, cancellable=False)
         if recorded:
             return json.loads(recorded[0].payload or "null")
         value = make()
@@ -310,7 +449,37 @@ class Instance:
                 )
         if entry.kind == Kind.STEP_FAILED:
             return None, step_failed(entry)
+        if entry.kind == Kind.SIGNAL:
+            return json.loads(entry.payload or "null"), None
+        if entry.kind == Kind.WAIT_TIMEOUT:
+            return None, WaitTimeout(
+                f"no signal {entry.name!r} arrived before the wait's timeout (run {self.run_id!r})"
+            )
+        if entry.kind == Kind.CHILD_DONE:
+            return self._child_outcome(entry)
         return None, None
+
+    def _child_outcome(self, entry: Entry) -> tuple[Any, BaseException | None]:
+        info = json.loads(entry.payload or "{}")
+        if info.get("status") == "completed":
+            tp = self._result_types.get(entry.position, Any)
+            try:
+                return _serde.decode(info.get("result"), tp), None
+            except Exception as exc:  # noqa: BLE001 - reported to the workflow code
+                return None, PayloadError(
+                    f"the result of child workflow {entry.name!r} no longer decodes as "
+                    f"{tp!r}: {exc}"
+                )
+        error = info.get("error") or {}
+        error_type = error.get("type", "Error")
+        message = error.get("message", "")
+        verb = "was cancelled" if info.get("status") == "cancelled" else "failed"
+        return None, ChildFailed(
+            f"child workflow {entry.name!r} run {info.get('id')!r} {verb}: {error_type}: {message}",
+            error_type=error_type,
+            message=message,
+            traceback=error.get("traceback", ""),
+        )
 
     # -- ending ----------------------------------------------------------------
     def _finish(self, result: Any) -> None:
@@ -325,7 +494,10 @@ class Instance:
         except PayloadError as exc:
             self._fail(exc)
             return
-        self.outcome = Outcome("completed", result=text)
+        if self.cancel_delivered:
+            self._end_cancelled(text)  # it returned after compensating: still cancelled
+        else:
+            self.outcome = Outcome("completed", result=text)
 
     def _fail(self, exc: BaseException) -> None:
         if self.outcome is None:

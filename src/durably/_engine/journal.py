@@ -29,6 +29,14 @@ class Kind:
     NOW: Final = "now"
     RANDOM: Final = "random"
     UUID: Final = "uuid"
+    WAIT: Final = "wait"  # the code waits for a signal (payload: topic deadline)
+    SIGNAL: Final = "signal"  # a signal was handed to the wait (completion)
+    WAIT_TIMEOUT: Final = "wait_timeout"  # the wait's deadline passed (completion)
+    EVENT: Final = "event"  # ctx.set_event (name: key, payload: value)
+    CHILD: Final = "child"  # a child run was started (payload: its id)
+    CHILD_DONE: Final = "child_done"  # the child ended (completion)
+    CANCEL: Final = "cancel"  # cancellation delivered while the code waited (completion)
+    CANCEL_AT: Final = "cancel_at"  # cancellation raised at the operation at this position
 
 
 # Which operation each entry kind belongs to; a replay compares operations.
@@ -41,9 +49,28 @@ OP_OF_KIND: Final[dict[str, str]] = {
     Kind.NOW: "now",
     Kind.RANDOM: "random",
     Kind.UUID: "uuid",
+    Kind.WAIT: "signal",
+    Kind.SIGNAL: "signal",
+    Kind.WAIT_TIMEOUT: "signal",
+    Kind.EVENT: "event",
+    Kind.CHILD: "child",
+    Kind.CHILD_DONE: "child",
+    Kind.CANCEL: "cancel",
+    Kind.CANCEL_AT: "cancel",
 }
 
-COMPLETIONS: Final = frozenset({Kind.STEP, Kind.STEP_FAILED, Kind.FIRED})
+COMPLETIONS: Final = frozenset(
+    {
+        Kind.STEP,
+        Kind.STEP_FAILED,
+        Kind.FIRED,
+        Kind.SIGNAL,
+        Kind.WAIT_TIMEOUT,
+        Kind.CHILD_DONE,
+        Kind.CANCEL,
+    }
+)
+CANCEL_POSITION: Final = -1  # where a cancellation delivered while waiting is journaled
 
 
 @dataclass(slots=True)
@@ -96,6 +123,12 @@ def describe(op: str, name: str, loc: str | None) -> str:
         return f"step {name!r}{where}"
     if op == "timer":
         return f"timer {name!r}{where}"
+    if op == "signal":
+        return f"ctx.wait_for({name!r}){where}"
+    if op == "event":
+        return f"ctx.set_event({name!r}){where}"
+    if op == "child":
+        return f"child workflow {name!r}{where}"
     return f"ctx.{op if op != 'uuid' else 'uuid4'}(){where}"
 
 

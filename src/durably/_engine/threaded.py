@@ -16,7 +16,7 @@ from typing import Any
 
 from .._errors import DurablyError
 from .instance import Abandoned, Instance, RunInfo, current_instance
-from .journal import Entry
+from .journal import Entry, Kind
 
 
 class _Slot:
@@ -46,12 +46,19 @@ class SyncInstance(Instance):
         self._loop = loop
         self._slots: dict[int, _Slot] = {}
         self._blocked: asyncio.Future[None] = loop.create_future()
+        self._blocked_on: int | None = None
+        self._deferred: set[int] = set()  # started children not awaited yet
+        self._ready: dict[int, tuple[Any, BaseException | None]] = {}
         self._thread_done = False
 
     # -- driver side ---------------------------------------------------------
     async def start(self) -> None:
         self._loop.run_in_executor(self._executor, self._thread_main)
         await self._blocked
+        pending = self.history.pending
+        while pending and pending[0].kind == Kind.CANCEL and not self._thread_done:
+            self.deliver_cancel(pending.popleft())
+            await self._blocked
         if self.outcome is None or not self.outcome.diverged:
             # The code blocked on a live operation (or finished): whatever the
             # journal still holds was never asked for.
@@ -60,13 +67,27 @@ class SyncInstance(Instance):
             self.abandon()
 
     def wants(self, position: int) -> bool:
-        return position in self._slots
+        return position in self._slots or position in self._deferred
 
     def deliver(self, entry: Entry) -> None:
+        if entry.position in self._deferred:  # started, not awaited yet: keep it
+            self._deferred.discard(entry.position)
+            self._ready[entry.position] = self.completion_value(entry)
+            return
         slot = self._slots.pop(entry.position, None)
         if slot is None:
             return
         slot.value, slot.error = self.completion_value(entry)
+        self._wake(slot)
+
+    def deliver_cancel(self, entry: Entry) -> None:
+        reason = self._cancel_entry_reason(entry)
+        slot = self._slots.pop(self._blocked_on, None) if self._blocked_on is not None else None
+        if slot is not None:
+            slot.error = asyncio.CancelledError(reason)
+            self._wake(slot)
+
+    def _wake(self, slot: _Slot) -> None:
         self._blocked = self._loop.create_future()
         slot.event.set()
 
@@ -90,6 +111,11 @@ class SyncInstance(Instance):
             result = self._body()
         except Abandoned:
             pass
+        except asyncio.CancelledError:
+            if self.cancel_delivered:
+                self._end_cancelled()
+            else:
+                self._fail(DurablyError("the workflow was cancelled"))
         except Exception as exc:  # noqa: BLE001 - the run fails with it
             self._fail(exc)
         except BaseException as exc:  # noqa: BLE001 - SystemExit & co in user code
@@ -127,14 +153,27 @@ class SyncInstance(Instance):
         return value
 
     def _wait_live(self, position: int) -> Any:
-        slot = self._slots[position] = _Slot()
-        self._signal_blocked()
-        slot.event.wait()
-        if slot.error is not None:
-            raise slot.error
-        return slot.value
+        ready = self._ready.pop(position, None)
+        if ready is not None:
+            value, error = ready
+        else:
+            self._deferred.discard(position)
+            slot = self._slots[position] = _Slot()
+            self._blocked_on = position
+            self._signal_blocked()
+            slot.event.wait()
+            self._blocked_on = None
+            value, error = slot.value, slot.error
+        if error is not None:
+            raise error
+        return value
 
     def _pending(self, position: int, recorded: Entry | None) -> Any:
         if recorded is not None:
             return self._take_recorded(recorded)
         return self._wait_live(position)
+
+    def deferred(self, position: int, recorded: Entry | None) -> Callable[[], Any]:
+        if recorded is None:
+            self._deferred.add(position)
+        return lambda: self._pending(position, recorded)

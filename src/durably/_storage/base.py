@@ -20,6 +20,10 @@ STATUSES = ("pending", "running", "suspended", "completed", "failed", "cancelled
 # Notification channels (PostgreSQL LISTEN/NOTIFY; in-process elsewhere).
 CHANNEL_WORK = "durably_work"  # payload: workflow name of a runnable run
 CHANNEL_DONE = "durably_done"  # payload: run id that reached a terminal status
+CHANNEL_SIGNAL = "durably_signal"  # payload: run id that was sent a signal
+CHANNEL_CANCEL = "durably_cancel"  # payload: run id whose cancellation was requested
+CHANNEL_EVENT = "durably_event"  # payload: run id that published an event
+CHANNELS = (CHANNEL_WORK, CHANNEL_DONE, CHANNEL_SIGNAL, CHANNEL_CANCEL, CHANNEL_EVENT)
 
 
 @dataclass(slots=True)
@@ -42,12 +46,14 @@ class RunRecord:
     parent_id: str | None = None
     deadline: float | None = None
     priority: int = 0
+    cancel_requested: float | None = None
+    cancel_reason: str | None = None
 
 
 RUN_COLUMNS = (
     "id, workflow, version, status, args, result, error, owner, epoch, lease_until, "
     "wake_at, created_at, updated_at, started_at, finished_at, parent_id, deadline, "
-    "priority"
+    "priority, cancel_requested, cancel_reason"
 )
 
 
@@ -77,12 +83,29 @@ class RunUpdate:
 
 @dataclass(slots=True)
 class RunWrite:
-    """One run's share of a group commit, fenced by its claim ``epoch``."""
+    """One run's share of a group commit, fenced by its claim ``epoch``.
+
+    ``consumed`` are ids of signals this write hands to the run (marked
+    consumed in the same transaction as the entries that record them),
+    ``events`` are ``(key, value JSON)`` pairs to publish, ``children`` are
+    child runs to create.
+    """
 
     run_id: str
     epoch: int
     entries: list[Entry] = field(default_factory=list)
     update: RunUpdate | None = None
+    consumed: list[int] = field(default_factory=list)
+    events: list[tuple[str, str]] = field(default_factory=list)
+    children: list[NewRun] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Signal:
+    id: int
+    run_id: str
+    topic: str
+    payload: str
 
 
 @dataclass(slots=True)
@@ -156,6 +179,34 @@ class Storage(abc.ABC):
         self, run_id: str, status: str, now: float, *, expect: Sequence[str] = ()
     ) -> bool:
         """Operator change of a run's status (``durably retry``); True if done."""
+
+    # -- signals, events, cancellation -------------------------------------------
+    @abc.abstractmethod
+    def get_runs(self, run_ids: Sequence[str]) -> list[RunRecord]: ...
+
+    @abc.abstractmethod
+    def send_signal(self, run_id: str, topic: str, payload: str, now: float) -> None:
+        """Queue a signal; wakes a suspended run. Raises RunNotFound / RunFinished."""
+
+    @abc.abstractmethod
+    def pending_signals(self, run_ids: Sequence[str]) -> list[Signal]:
+        """Unconsumed signals of these runs, oldest first."""
+
+    @abc.abstractmethod
+    def get_event(self, run_id: str, key: str) -> str | None:
+        """Latest value (JSON) of an event, None if unset. Raises RunNotFound."""
+
+    @abc.abstractmethod
+    def request_cancel(self, run_id: str, now: float, reason: str) -> str:
+        """Ask a run and all its descendants to cancel; returns the run's status.
+
+        Runs that never started are cancelled at once; others are marked and
+        woken so their worker raises ``CancelledError`` in the code.
+        """
+
+    @abc.abstractmethod
+    def cancel_requests(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """Of these runs, those asked to cancel, with the reason."""
 
     # -- wake-ups ---------------------------------------------------------------
     @abc.abstractmethod

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import importlib.resources
+import json
 import logging
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import DatabaseError
-from .base import TERMINAL, Listener, RunFilter, RunWrite
+from .._errors import DatabaseError, RunFinished, RunNotFound
+from .base import TERMINAL, Listener, NewRun, RunFilter, RunWrite
 
 log = logging.getLogger("durably.storage")
 
@@ -121,19 +122,26 @@ class Listeners:
 class Partition:
     """A group commit split by whether each run's claim still holds."""
 
-    rejected: set[str]
-    entries: list[tuple[Any, ...]]  # (run_id, seq, position, kind, name, payload, loc, at, epoch)
-    updates: list[dict[str, Any]]  # named parameters of the backend's UPDATE_RUN
-    ended: list[str]  # runs this commit moves to a terminal status
+    rejected: set[str] = field(default_factory=set)
+    # (run_id, seq, position, kind, name, payload, loc, at, epoch)
+    entries: list[tuple[Any, ...]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)  # UPDATE_RUN parameters
+    ended: list[str] = field(default_factory=list)  # runs this commit ends
+    consumed: list[tuple[float, int, str]] = field(default_factory=list)  # (now, id, run)
+    events: list[tuple[str, str, str, float]] = field(default_factory=list)
+    children: list[NewRun] = field(default_factory=list)
 
 
 def partition(writes: Sequence[RunWrite], owned: Mapping[str, int], now: float) -> Partition:
     """Keep the writes whose run is still owned at the epoch they were made in."""
-    part = Partition(set(), [], [], [])
+    part = Partition()
     for w in writes:
         if owned.get(w.run_id) != w.epoch:
             part.rejected.add(w.run_id)
             continue
+        part.consumed.extend((now, signal_id, w.run_id) for signal_id in w.consumed)
+        part.events.extend((w.run_id, key, value, now) for key, value in w.events)
+        part.children.extend(w.children)
         part.entries.extend(
             (w.run_id, e.seq, e.position, e.kind, e.name, e.payload, e.loc, e.at, w.epoch)
             for e in w.entries
@@ -170,3 +178,31 @@ def filter_sql(where: RunFilter, mark: str) -> tuple[str, list[Any]]:
     sql = (" WHERE " + " AND ".join(clauses)) if clauses else ""
     params.append(where.limit)
     return sql + f" ORDER BY created_at DESC LIMIT {mark}", params
+
+
+def cancelled_error(reason: str) -> str:
+    """The stored error of a run cancelled before it started."""
+    return json.dumps({"type": "WorkflowCancelled", "message": reason, "traceback": ""})
+
+
+def run_row(run: NewRun) -> tuple[Any, ...]:
+    """Parameters of a backend's INSERT_RUN, in column order."""
+    return (
+        run.id,
+        run.workflow,
+        run.version,
+        run.args,
+        run.created_at,
+        run.created_at,
+        run.parent_id,
+        run.deadline,
+        run.priority,
+    )
+
+
+def check_open(row: Any, run_id: str) -> None:
+    """Refuse signals to a run that does not exist or already ended."""
+    if row is None:
+        raise RunNotFound(f"no run with id {run_id!r}")
+    if row[0] in TERMINAL:
+        raise RunFinished(f"run {run_id!r} is {row[0]}; it cannot receive signals any more")

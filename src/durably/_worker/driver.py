@@ -4,9 +4,10 @@ The driver owns the run while it is in this worker's memory. It loads the
 journal once, lets the engine replay it, and from then on loops: hand the
 engine the completions that arrived (one at a time, settling in between),
 write everything the engine produced in one group-committed write, and only
-then start the steps and timers it asked for (write-ahead). When the code
-only waits on timers further away than the grace period, the run is written
-as suspended, released, and dropped from memory.
+then start the steps, timers, waits and children it asked for (write-ahead).
+When the code only waits (on timers further away than the grace period, or
+on signals and children for longer than it), the run is written as
+suspended, released, and dropped from memory.
 """
 
 from __future__ import annotations
@@ -15,26 +16,30 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._engine.instance import (
-    CancelTimer,
+    ChildCall,
+    Forget,
     Instance,
     Outcome,
     RunInfo,
     StepCall,
     TimerCall,
+    WaitCall,
 )
-from .._engine.journal import Entry, History, Kind
+from .._engine.journal import CANCEL_POSITION, Entry, History, Kind
 from .._errors import describe_exception
-from .._storage.base import RunRecord, RunUpdate, RunWrite
+from .._storage.base import TERMINAL, NewRun, RunRecord, RunUpdate, RunWrite, Signal
 from . import steps
 
 if TYPE_CHECKING:
     from .worker import Worker
 
 log = logging.getLogger("durably.worker")
+
+DEADLINE_REASON = "its deadline passed"
 
 
 class WorkflowSpec(Protocol):
@@ -59,6 +64,14 @@ class _Timer:
     handle: asyncio.TimerHandle
 
 
+@dataclass
+class _Batch:
+    """What one write of this run carries."""
+
+    entries: list[Entry] = field(default_factory=list)
+    consumed: list[int] = field(default_factory=list)
+
+
 class RunDriver:
     def __init__(self, worker: Worker, record: RunRecord, spec: WorkflowSpec) -> None:
         self.worker = worker
@@ -78,14 +91,55 @@ class RunDriver:
         self._active: dict[int, asyncio.Task[None]] = {}
         self._timers: dict[int, _Timer] = {}
         self._retries: dict[int, tuple[StepCall, asyncio.TimerHandle]] = {}
+        self._waits: dict[int, WaitCall] = {}  # signal waits by position
+        self._wait_timers: dict[int, asyncio.TimerHandle] = {}
+        self._taken: set[int] = set()  # signal ids handed to a wait, not yet written
+        self._children: dict[str, tuple[int, str]] = {}  # child id -> (position, workflow)
+        self._hold: asyncio.TimerHandle | None = None
+        self._hold_expired = False
+        self._deadline: asyncio.TimerHandle | None = None
         self._status = "running"  # as last written (a claim sets running)
         self._wake_at: float | None = None
 
-    # -- public ----------------------------------------------------------------
+    # -- what the worker asks and tells ----------------------------------------
+    @property
+    def wants_signals(self) -> bool:
+        return bool(self._waits)
+
+    @property
+    def child_ids(self) -> list[str]:
+        return list(self._children)
+
+    @property
+    def cancelling(self) -> bool:
+        return self.instance is not None and self.instance.cancel_reason is not None
+
     def drain(self) -> None:
         """Stop after what is executing now has been journaled."""
         self.draining = True
         self._post("drain", None)
+
+    def offer_signals(self, signals: list[Signal]) -> None:
+        """Hand unconsumed signals (oldest first) to waits on their topic."""
+        claimed: set[int] = set()
+        for signal in signals:
+            if signal.id in self._taken:
+                continue
+            positions = [
+                p for p, w in self._waits.items() if w.topic == signal.topic and p not in claimed
+            ]
+            if positions:
+                position = min(positions)
+                claimed.add(position)
+                self._taken.add(signal.id)
+                self._post("signal", (position, signal))
+
+    def offer_child(self, record: RunRecord) -> None:
+        if record.id in self._children and record.status in TERMINAL:
+            self._post("child_done", record)
+
+    def cancel(self, reason: str) -> None:
+        self._post("cancel", reason)
 
     async def run(self) -> None:
         try:
@@ -118,84 +172,151 @@ class RunDriver:
             )
             await self.instance.start()
         except Exception as exc:  # noqa: BLE001 - e.g. arguments that no longer decode
-            await self._write([], _ended(Outcome("failed", error=describe_exception(exc))))
+            outcome = Outcome("failed", error=describe_exception(exc))
+            await self._write(RunWrite(self.run_id, self.epoch, [], _ended(outcome)))
             self.worker.run_ended(self.run_id)
             return
+        batch = _Batch()
+        if self.record.cancel_requested is not None:
+            self.instance.request_cancel(self.record.cancel_reason or "cancelled")
+        self._watch_deadline()
+        await self._maybe_deliver_cancel(batch)
         version = self.spec.version if self.spec.version != self.record.version else None
-        await self._flush([], version=version)
+        await self._flush(batch, version=version)
         while not self.finished:
             await self._wake.wait()
             self._wake.clear()
             events, self._events = self._events, []
-            batch: list[Entry] = []
+            batch = _Batch()
             for kind, payload in events:
                 await self._handle(kind, payload, batch)
+            await self._maybe_deliver_cancel(batch)
             await self._flush(batch)
 
-    async def _handle(self, kind: str, payload: Any, batch: list[Entry]) -> None:
+    async def _handle(self, kind: str, payload: Any, batch: _Batch) -> None:
         instance = self.instance
         assert instance is not None
         if kind == "complete":
-            entry: Entry = payload
-            self._active.pop(entry.position, None)
-            self._timers.pop(entry.position, None)
-            if instance.done or not instance.wants(entry.position):
+            await self._complete(payload, batch)
+        elif kind == "signal":
+            position, signal = payload
+            self._taken.discard(signal.id)
+            if self._waits.pop(position, None) is None or not instance.wants(position):
                 return
-            self._stamp(entry)
-            batch.append(entry)
-            instance.deliver(entry)
-            await instance.settle()
+            self._drop_wait_timer(position)
+            entry = Entry(position, Kind.SIGNAL, signal.topic, signal.payload, None, self._clock())
+            if await self._complete(entry, batch):
+                batch.consumed.append(signal.id)
+        elif kind == "wait_timeout":
+            wait = self._waits.pop(payload, None)
+            self._wait_timers.pop(payload, None)
+            if wait is not None:
+                entry = Entry(payload, Kind.WAIT_TIMEOUT, wait.topic, None, None, self._clock())
+                await self._complete(entry, batch)
+        elif kind == "child_done":
+            record: RunRecord = payload
+            known = self._children.pop(record.id, None)
+            if known is not None:
+                position, name = known
+                entry = Entry(
+                    position, Kind.CHILD_DONE, name, _child_payload(record), None, self._clock()
+                )
+                await self._complete(entry, batch)
         elif kind == "attempt":
             entry, retry = payload
             self._active.pop(entry.position, None)
-            if instance.done:
+            if instance.done or not instance.wants(entry.position):
                 return
             self._stamp(entry)
-            batch.append(entry)
+            batch.entries.append(entry)
             instance.commands.append(retry)  # started (or waited for) after the write
         elif kind == "retry_due":
             call: StepCall = payload
             if self._retries.pop(call.position, None) is not None and not self.draining:
                 self._execute(call)
         elif kind == "fired":
-            position = payload
-            timer = self._timers.get(position)
+            timer = self._timers.get(payload)
             if timer is None:
                 return
-            early = timer.fire_at - self._clock()
-            if early > 0:  # the wall clock moved back: never fire early
-                self._arm(position, timer.fire_at, timer.name)
+            if timer.fire_at > self._clock():  # the wall clock moved back: never early
+                self._arm(payload, timer.fire_at, timer.name)
                 return
-            await self._handle(
-                "complete",
-                Entry(position, Kind.FIRED, timer.name, None, None, self._clock()),
-                batch,
-            )
+            entry = Entry(payload, Kind.FIRED, timer.name, None, None, self._clock())
+            await self._complete(entry, batch)
+        elif kind == "cancel":
+            if not instance.done:
+                instance.request_cancel(payload)
+        elif kind == "hold_expired":
+            self._hold = None
+            self._hold_expired = True
 
-    async def _flush(self, batch: list[Entry], *, version: str | None = None) -> None:
+    async def _complete(self, entry: Entry, batch: _Batch) -> bool:
+        """Journal and hand back one completion; False if the code no longer wants it."""
+        instance = self.instance
+        assert instance is not None
+        self._active.pop(entry.position, None)
+        self._timers.pop(entry.position, None)
+        if instance.done or not instance.wants(entry.position):
+            return False
+        self._stamp(entry)
+        batch.entries.append(entry)
+        self._release_hold()
+        instance.deliver(entry)
+        await instance.settle()
+        return True
+
+    async def _maybe_deliver_cancel(self, batch: _Batch) -> None:
+        """Cancel while the code waits (no step executing); else it is raised at the
+        code's next operation."""
+        instance = self.instance
+        assert instance is not None
+        if (
+            instance.cancel_reason is None
+            or instance.cancel_delivered
+            or instance.done
+            or self._active
+        ):
+            return
+        payload = json.dumps({"reason": instance.cancel_reason})
+        entry = Entry(CANCEL_POSITION, Kind.CANCEL, "cancel", payload, None, self._clock())
+        self._stamp(entry)
+        batch.entries.append(entry)
+        self._release_hold()
+        instance.deliver_cancel(entry)
+        await instance.settle()
+
+    async def _flush(self, batch: _Batch, *, version: str | None = None) -> None:
         instance = self.instance
         assert instance is not None
         new_entries, commands = instance.drain()
         for entry in new_entries:
             self._stamp(entry)
-        batch.extend(new_entries)
-        cancelled = {c.position for c in commands if isinstance(c, CancelTimer)}
-        for position in cancelled:
-            timer = self._timers.pop(position, None)
-            if timer is not None:
-                timer.handle.cancel()
+        batch.entries.extend(new_entries)
+        forgotten = {c.position for c in commands if isinstance(c, Forget)}
+        for position in forgotten:
+            self._forget(position)
         commands = [
-            c
-            for c in commands
-            if not isinstance(c, CancelTimer)
-            and not (isinstance(c, TimerCall) and c.position in cancelled)
+            c for c in commands if not isinstance(c, Forget) and c.position not in forgotten
         ]
         update = self._next_update(instance, commands)
         if version is not None:
             update = update or RunUpdate(status=self._status, wake_at=self._wake_at)
             update.version = version
-        if batch or update is not None:
-            await self._write(batch, update)
+        children = [self._new_child(c) for c in commands if isinstance(c, ChildCall) and c.spec]
+        events = [(e.name, e.payload or "null") for e in batch.entries if e.kind == Kind.EVENT]
+        if batch.entries or update is not None:
+            write = RunWrite(
+                self.run_id,
+                self.epoch,
+                batch.entries,
+                update,
+                consumed=batch.consumed,
+                events=events,
+                children=children,
+            )
+            await self._write(write)
+        if events:
+            self.worker.published_events(self.run_id)
         if instance.done:
             self.finished = True
             self.worker.run_ended(self.run_id)
@@ -206,10 +327,36 @@ class RunDriver:
         if self.draining:
             return  # what the code asks for now is asked again after a replay
         for command in commands:
-            if isinstance(command, StepCall):
-                self._start_step(command)
-            elif isinstance(command, TimerCall):
-                self._arm(command.position, command.fire_at, command.name)
+            self._start(command)
+
+    def _start(self, command: Any) -> None:
+        if isinstance(command, StepCall):
+            self._start_step(command)
+        elif isinstance(command, TimerCall):
+            self._arm(command.position, command.fire_at, command.name)
+        elif isinstance(command, WaitCall):
+            self._waits[command.position] = command
+            if command.deadline is not None:
+                delay = max(0.0, command.deadline - self._clock())
+                self._wait_timers[command.position] = self._loop.call_later(
+                    delay, self._post, "wait_timeout", command.position
+                )
+            self.worker.watch("signals")
+        elif isinstance(command, ChildCall):
+            self._children[command.child_id] = (command.position, command.workflow)
+            self.worker.watch("children")
+
+    def _new_child(self, call: ChildCall) -> NewRun:
+        assert call.spec is not None
+        return NewRun(
+            id=call.child_id,
+            workflow=call.spec.workflow,
+            version=call.spec.version,
+            args=call.spec.args,
+            created_at=self._clock(),
+            parent_id=self.run_id,
+            deadline=call.spec.deadline,
+        )
 
     def _next_update(self, instance: Instance, commands: list[Any]) -> RunUpdate | None:
         """The row change that goes with this write, or None if nothing changes."""
@@ -219,36 +366,44 @@ class RunDriver:
         grace = self.worker.suspend_after
         starting = [c for c in commands if isinstance(c, StepCall)]
         runs_soon = [c for c in starting if c.not_before - now <= grace]
-        waits = [t.fire_at for t in self._timers.values()]
-        waits += [c.fire_at for c in commands if isinstance(c, TimerCall)]
+        times = [t.fire_at for t in self._timers.values()]
+        times += [c.fire_at for c in commands if isinstance(c, TimerCall)]
+        waits = list(self._waits.values()) + [c for c in commands if isinstance(c, WaitCall)]
+        times += [w.deadline for w in waits if w.deadline is not None]
         later = [call.not_before for call, _ in self._retries.values()]
         later += [c.not_before for c in starting if c.not_before - now > grace]
+        if self.record.deadline is not None:
+            times.append(self.record.deadline)
+        holds = bool(waits or self._children or any(isinstance(c, ChildCall) for c in commands))
         busy = bool(self._active or runs_soon) or any(t - now <= grace for t in later)
         if self.draining and not self._active:
-            status = "suspended" if (waits or later) and not busy else "running"
-            wake = min(waits + later, default=None) if status == "suspended" else None
+            status = "suspended" if not busy else "running"
+            wake = min(times + later, default=None) if status == "suspended" else None
             return RunUpdate(status=status, wake_at=wake, release=True)
         if busy:
             status, wake, release = "running", None, False
         else:
-            wake = min(waits + later, default=None)
+            wake = min(times + later, default=None)
             status = "suspended"
             release = wake is None or wake - now > grace
+            if release and holds and not self._hold_expired:
+                release = False  # a signal or a child may end soon: keep it a moment
+                if self._hold is None:
+                    self._hold = self._loop.call_later(grace, self._post, "hold_expired", None)
         if status == self._status and wake == self._wake_at and not release:
             return None
         return RunUpdate(status=status, wake_at=wake, release=release)
 
-    async def _write(self, batch: list[Entry], update: RunUpdate | None) -> None:
-        write = RunWrite(self.run_id, self.epoch, batch, update)
+    async def _write(self, write: RunWrite) -> None:
         accepted = await self.worker.committer.submit(write)
         if not accepted:
             raise LeaseLost()
-        if update is not None:
-            if update.status is not None:
-                self._status = update.status
-            self._wake_at = update.wake_at
+        if write.update is not None:
+            if write.update.status is not None:
+                self._status = write.update.status
+            self._wake_at = write.update.wake_at
 
-    # -- steps and timers ----------------------------------------------------
+    # -- steps, timers, deadlines ------------------------------------------------
     def _start_step(self, call: StepCall) -> None:
         delay = call.not_before - self._clock()
         if delay > 0:
@@ -280,6 +435,50 @@ class RunDriver:
         handle = self._loop.call_later(delay, self._post, "fired", position)
         self._timers[position] = _Timer(fire_at, name, handle)
 
+    def _watch_deadline(self) -> None:
+        deadline = self.record.deadline
+        if deadline is None:
+            return
+        delay = deadline - self._clock()
+        if delay <= 0:
+            self._deadline_passed()
+        else:
+            self._deadline = self._loop.call_later(delay, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        if self.instance is not None and self.instance.cancel_reason is None:
+            self.instance.request_cancel(DEADLINE_REASON)
+            self._post("cancel", DEADLINE_REASON)
+            # Descendants are cancelled with it.
+            self.worker.request_cancel(self.run_id, DEADLINE_REASON)
+
+    def _forget(self, position: int) -> None:
+        timer = self._timers.pop(position, None)
+        if timer is not None:
+            timer.handle.cancel()
+        self._waits.pop(position, None)
+        self._drop_wait_timer(position)
+        retry = self._retries.pop(position, None)
+        if retry is not None:
+            retry[1].cancel()
+        task = self._active.pop(position, None)
+        if task is not None:
+            task.cancel()
+        for child_id, (child_position, _) in list(self._children.items()):
+            if child_position == position:
+                del self._children[child_id]
+
+    def _drop_wait_timer(self, position: int) -> None:
+        handle = self._wait_timers.pop(position, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _release_hold(self) -> None:
+        self._hold_expired = False
+        if self._hold is not None:
+            self._hold.cancel()
+            self._hold = None
+
     # -- plumbing --------------------------------------------------------------
     def _post(self, kind: str, payload: Any) -> None:
         self._events.append((kind, payload))
@@ -291,15 +490,20 @@ class RunDriver:
         self._seq += 1
 
     def _cleanup(self) -> None:
-        for timer in self._timers.values():
-            timer.handle.cancel()
-        for _, handle in self._retries.values():
+        handles = [t.handle for t in self._timers.values()]
+        handles += [h for _, h in self._retries.values()]
+        handles += list(self._wait_timers.values())
+        handles += [h for h in (self._hold, self._deadline) if h is not None]
+        for handle in handles:
             handle.cancel()
         for task in self._active.values():
             task.cancel()
         self._timers.clear()
         self._retries.clear()
+        self._wait_timers.clear()
         self._active.clear()
+        self._waits.clear()
+        self._children.clear()
         if self.instance is not None:
             self.instance.abandon()  # also cancels tasks a finished workflow left behind
 
@@ -307,3 +511,12 @@ class RunDriver:
 def _ended(outcome: Outcome) -> RunUpdate:
     error = json.dumps(outcome.error) if outcome.error is not None else None
     return RunUpdate(status=outcome.status, result=outcome.result, error=error, release=True)
+
+
+def _child_payload(record: RunRecord) -> str:
+    info: dict[str, Any] = {"id": record.id, "status": record.status}
+    if record.status == "completed":
+        info["result"] = record.result
+    else:
+        info["error"] = json.loads(record.error or "{}")
+    return json.dumps(info)

@@ -20,7 +20,16 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .._storage.base import CHANNEL_WORK, RunRecord, Storage
+from .._storage.base import (
+    CHANNEL_CANCEL,
+    CHANNEL_DONE,
+    CHANNEL_EVENT,
+    CHANNEL_SIGNAL,
+    CHANNEL_WORK,
+    RunRecord,
+    Signal,
+    Storage,
+)
 from .committer import Committer
 from .driver import RunDriver, WorkflowSpec
 
@@ -28,6 +37,13 @@ log = logging.getLogger("durably.worker")
 T = TypeVar("T")
 
 CLAIM_BATCH = 256
+_ALL = ("signals", "children", "cancel")
+_WATCH = {
+    "": _ALL,  # a backend that cannot say what changed
+    CHANNEL_SIGNAL: ("signals",),
+    CHANNEL_DONE: ("children",),
+    CHANNEL_CANCEL: ("cancel",),
+}
 MIN_CLAIM_GAP = 0.005  # seconds between claims triggered by notifications
 
 
@@ -47,7 +63,7 @@ class Worker:
         poll_interval: float = 5.0,
         payload_limit: int,
         clock: Callable[[], float] = time.time,
-        on_done: Callable[[str], None] | None = None,
+        publish: Callable[[str, str], None] | None = None,
         subscribe_local: Callable[[Callable[[str, str], None]], Callable[[], None]] | None = None,
     ) -> None:
         if concurrency < 1:
@@ -61,7 +77,8 @@ class Worker:
         self.poll_interval = poll_interval
         self.payload_limit = payload_limit
         self.clock = clock
-        self._on_done = on_done
+        self._publish = publish
+        self._watching: set[str] = set()
         self._subscribe_local = subscribe_local
         self.drivers: dict[str, RunDriver] = {}
         self._stopping = False
@@ -89,9 +106,11 @@ class Worker:
         self._unsubscribe.append(self.storage.subscribe(self._notified))
         if self._subscribe_local is not None:
             self._unsubscribe.append(self._subscribe_local(self._notified))
+        self._watch = asyncio.Event()
         self._tasks = [
             self.loop.create_task(self._claim_loop(), name="durably-claim"),
             self.loop.create_task(self._renew_loop(), name="durably-renew"),
+            self.loop.create_task(self._watch_loop(), name="durably-watch"),
         ]
         log.info(
             "worker %s started: workflows %s, concurrency %d, database %s",
@@ -148,8 +167,27 @@ class Worker:
             self._wake.set()
 
     def run_ended(self, run_id: str) -> None:
-        if self._on_done is not None:
-            self._on_done(run_id)
+        if self._publish is not None:
+            self._publish(CHANNEL_DONE, run_id)
+        # A parent waiting here on this run may be in this worker's memory.
+        self.watch("children")
+
+    def published_events(self, run_id: str) -> None:
+        if self._publish is not None:
+            self._publish(CHANNEL_EVENT, run_id)
+
+    def request_cancel(self, run_id: str, reason: str) -> None:
+        """Cancel a run and its descendants (e.g. its deadline passed)."""
+
+        async def cancel() -> None:
+            try:
+                await self.io(self.storage.request_cancel, run_id, self.clock(), reason)
+            except Exception as exc:  # noqa: BLE001 - its own driver cancels it anyway
+                log.warning("could not cancel the children of run %s: %s", run_id, exc)
+            if self._publish is not None:
+                self._publish(CHANNEL_CANCEL, run_id)
+
+        self.loop.create_task(cancel())
 
     def wake(self) -> None:
         """Look for work now (thread-safe)."""
@@ -158,9 +196,24 @@ class Worker:
         except RuntimeError:
             pass
 
+    def watch(self, what: str) -> None:
+        """Re-read signals / children / cancellations for runs in memory (loop thread)."""
+        self._watching.add(what)
+        self._watch.set()
+
     def _notified(self, channel: str, payload: str) -> None:
         if channel in ("", CHANNEL_WORK):
             self.wake()
+        what = _WATCH.get(channel)
+        if what:
+            try:
+                self.loop.call_soon_threadsafe(self._watch_many, what)
+            except RuntimeError:
+                pass
+
+    def _watch_many(self, what: tuple[str, ...]) -> None:
+        for item in what:
+            self.watch(item)
 
     # -- loops -----------------------------------------------------------------
     async def _claim_loop(self) -> None:
@@ -211,6 +264,48 @@ class Worker:
         driver = RunDriver(self, record, spec)
         self.drivers[record.id] = driver
         driver.task = self.loop.create_task(driver.run(), name=f"durably-run-{record.id}")
+
+    async def _watch_loop(self) -> None:
+        """Hand new signals, ended children and cancellations to runs in memory."""
+        while not self._stopping:
+            try:
+                await asyncio.wait_for(self._watch.wait(), self.poll_interval)
+            except asyncio.TimeoutError:
+                self._watching.update(_ALL)
+            self._watch.clear()
+            what, self._watching = self._watching, set()
+            try:
+                await self._refresh(what)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - next notification or poll retries
+                log.warning("checking signals, children and cancellations failed: %s", exc)
+            await asyncio.sleep(MIN_CLAIM_GAP)
+
+    async def _refresh(self, what: set[str]) -> None:
+        drivers = [d for d in self.drivers.values() if not d.finished]
+        if not drivers:
+            return
+        if "signals" in what:
+            waiting = {d.run_id: d for d in drivers if d.wants_signals}
+            if waiting:
+                found = await self.io(self.storage.pending_signals, list(waiting))
+                by_run: dict[str, list[Signal]] = {}
+                for signal in found:
+                    by_run.setdefault(signal.run_id, []).append(signal)
+                for run_id, signals in by_run.items():
+                    waiting[run_id].offer_signals(signals)
+        if "children" in what:
+            parents = {child: d for d in drivers for child in d.child_ids}
+            if parents:
+                for record in await self.io(self.storage.get_runs, list(parents)):
+                    parents[record.id].offer_child(record)
+        if "cancel" in what:
+            live = {d.run_id: d for d in drivers if not d.cancelling}
+            if live:
+                requests = await self.io(self.storage.cancel_requests, list(live))
+                for run_id, reason in requests.items():
+                    live[run_id].cancel(reason)
 
     async def _renew_loop(self) -> None:
         period = max(self.lease_seconds / 3.0, 0.05)

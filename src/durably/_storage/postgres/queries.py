@@ -137,4 +137,84 @@ SET status = %(status)s, owner = NULL, lease_until = NULL, wake_at = NULL,
 WHERE id = %(id)s
 """
 
-LISTEN = "LISTEN durably_work; LISTEN durably_done"
+
+INSERT_CHILD = """
+INSERT INTO durably.runs (id, workflow, version, status, args, created_at, updated_at,
+                          parent_id, deadline, priority, epoch)
+VALUES (%s, %s, %s, 'pending', %s, %s, %s, %s, %s, %s, 0)
+ON CONFLICT (id) DO NOTHING
+"""
+
+CONSUME_SIGNAL = """
+UPDATE durably.signals SET consumed_at = %s
+WHERE id = %s AND run_id = %s AND consumed_at IS NULL
+"""
+
+UPSERT_EVENT = """
+INSERT INTO durably.events (run_id, key, value, updated_at) VALUES (%s, %s, %s, %s)
+ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+"""
+
+WAKE_PARENTS = """
+UPDATE durably.runs SET wake_at = %s
+WHERE status = 'suspended' AND id IN (
+    SELECT parent_id FROM durably.runs WHERE parent_id IS NOT NULL AND id = ANY(%s))
+"""
+
+GET_RUNS = f"SELECT {RUN_COLUMNS} FROM durably.runs WHERE id = ANY(%s)"
+
+RUN_STATUS_FOR_UPDATE = "SELECT status FROM durably.runs WHERE id = %s FOR UPDATE"
+
+RUN_STATUS = "SELECT status FROM durably.runs WHERE id = %s"
+
+INSERT_SIGNAL = """
+INSERT INTO durably.signals (run_id, topic, payload, created_at) VALUES (%s, %s, %s, %s)
+"""
+
+WAKE_SUSPENDED = "UPDATE durably.runs SET wake_at = %s WHERE id = %s AND status = 'suspended'"
+
+PENDING_SIGNALS = """
+SELECT id, run_id, topic, payload FROM durably.signals
+WHERE consumed_at IS NULL AND run_id = ANY(%s) ORDER BY id
+"""
+
+GET_EVENT = "SELECT value FROM durably.events WHERE run_id = %s AND key = %s"
+
+CANCEL_REQUESTS = """
+SELECT id, COALESCE(cancel_reason, 'cancelled') FROM durably.runs
+WHERE cancel_requested IS NOT NULL AND status IN ('pending', 'running', 'suspended')
+  AND id = ANY(%s)
+"""
+
+_TREE = """
+WITH RECURSIVE tree(id) AS (
+    SELECT %(id)s::text
+    UNION
+    SELECT r.id FROM durably.runs r JOIN tree t ON r.parent_id = t.id
+)
+"""
+
+CANCEL_PENDING_TREE = (
+    _TREE
+    + """
+UPDATE durably.runs
+SET status = 'cancelled', finished_at = %(now)s, updated_at = %(now)s, error = %(error)s,
+    cancel_requested = COALESCE(cancel_requested, %(now)s),
+    cancel_reason = COALESCE(cancel_reason, %(reason)s)
+WHERE status = 'pending' AND id IN (SELECT id FROM tree)
+RETURNING id
+"""
+)
+
+MARK_CANCEL_TREE = (
+    _TREE
+    + """
+UPDATE durably.runs
+SET cancel_requested = COALESCE(cancel_requested, %(now)s),
+    cancel_reason = COALESCE(cancel_reason, %(reason)s),
+    wake_at = CASE WHEN status = 'suspended' THEN %(now)s ELSE wake_at END,
+    updated_at = %(now)s
+WHERE status IN ('running', 'suspended') AND id IN (SELECT id FROM tree)
+RETURNING id
+"""
+)

@@ -16,23 +16,32 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from ..._engine.journal import Entry
-from ..._errors import ConfigurationError, DatabaseError
+from ..._errors import ConfigurationError, DatabaseError, RunNotFound
 from ..base import (
+    CHANNEL_CANCEL,
     CHANNEL_DONE,
+    CHANNEL_EVENT,
+    CHANNEL_SIGNAL,
+    CHANNEL_WORK,
+    CHANNELS,
     Listener,
     NewRun,
     RunFilter,
     RunRecord,
     RunWrite,
+    Signal,
     Storage,
 )
 from ..common import (
     SCHEMA_KEY,
     Listeners,
+    cancelled_error,
+    check_open,
     check_version,
     filter_sql,
     migrations,
     partition,
+    run_row,
     split_statements,
 )
 from . import queries as q
@@ -232,13 +241,23 @@ class PostgresStorage(Storage):
             part = partition(writes, owned, now)
             with conn.cursor() as cur:
                 if part.entries:
-                    cur.execute(
-                        q.INSERT_ENTRIES, [list(col) for col in zip(*part.entries, strict=True)]
-                    )
+                    columns = [list(col) for col in zip(*part.entries, strict=True)]
+                    cur.execute(q.INSERT_ENTRIES, columns)
                 if part.updates:
                     cur.executemany(q.UPDATE_RUN, part.updates)
-                for run_id in part.ended:
-                    cur.execute(q.NOTIFY, (CHANNEL_DONE, run_id))
+                if part.consumed:
+                    cur.executemany(q.CONSUME_SIGNAL, part.consumed)
+                if part.events:
+                    cur.executemany(q.UPSERT_EVENT, part.events)
+                if part.children:
+                    cur.executemany(q.INSERT_CHILD, [run_row(c) for c in part.children])
+                if part.ended:
+                    cur.execute(q.WAKE_PARENTS, (now, part.ended))
+                notes = [(CHANNEL_DONE, run_id) for run_id in part.ended]
+                notes += [(CHANNEL_EVENT, run_id) for run_id in sorted({e[0] for e in part.events})]
+                notes += [(CHANNEL_WORK, wf) for wf in sorted({c.workflow for c in part.children})]
+                if notes:
+                    cur.executemany(q.NOTIFY, notes)
         return part.rejected
 
     def renew(self, worker_id: str, now: float, lease_seconds: float) -> int:
@@ -269,6 +288,60 @@ class PostgresStorage(Storage):
                 conn.execute(q.NOTIFY, ("durably_work", run_id))
             return True
 
+    # -- signals, events, cancellation -----------------------------------------
+    def get_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        if not run_ids:
+            return []
+        with self._conn() as conn:
+            rows = conn.execute(q.GET_RUNS, (list(run_ids),)).fetchall()
+        return [RunRecord(*r) for r in rows]
+
+    def send_signal(self, run_id: str, topic: str, payload: str, now: float) -> None:
+        with self._conn() as conn, conn.transaction():
+            check_open(conn.execute(q.RUN_STATUS_FOR_UPDATE, (run_id,)).fetchone(), run_id)
+            conn.execute(q.INSERT_SIGNAL, (run_id, topic, payload, now))
+            conn.execute(q.WAKE_SUSPENDED, (now, run_id))
+            conn.execute(q.NOTIFY, (CHANNEL_SIGNAL, run_id))
+
+    def pending_signals(self, run_ids: Sequence[str]) -> list[Signal]:
+        if not run_ids:
+            return []
+        with self._conn() as conn:
+            rows = conn.execute(q.PENDING_SIGNALS, (list(run_ids),)).fetchall()
+        return [Signal(*r) for r in rows]
+
+    def get_event(self, run_id: str, key: str) -> str | None:
+        with self._conn() as conn:
+            row = conn.execute(q.GET_EVENT, (run_id, key)).fetchone()
+            if row is not None:
+                return str(row[0])
+            if conn.execute(q.RUN_STATUS, (run_id,)).fetchone() is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+        return None
+
+    def request_cancel(self, run_id: str, now: float, reason: str) -> str:
+        params = {"id": run_id, "now": now, "reason": reason, "error": cancelled_error(reason)}
+        with self._conn() as conn, conn.transaction():
+            if conn.execute(q.RUN_STATUS_FOR_UPDATE, (run_id,)).fetchone() is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            ended = [r[0] for r in conn.execute(q.CANCEL_PENDING_TREE, params).fetchall()]
+            marked = [r[0] for r in conn.execute(q.MARK_CANCEL_TREE, params).fetchall()]
+            if ended:
+                conn.execute(q.WAKE_PARENTS, (now, ended))
+            notes = [(CHANNEL_DONE, i) for i in ended] + [(CHANNEL_CANCEL, i) for i in marked]
+            if notes:
+                with conn.cursor() as cur:
+                    cur.executemany(q.NOTIFY, notes)
+            row = conn.execute(q.RUN_STATUS, (run_id,)).fetchone()
+        return str(row[0]) if row else "cancelled"
+
+    def cancel_requests(self, run_ids: Sequence[str]) -> dict[str, str]:
+        if not run_ids:
+            return {}
+        with self._conn() as conn:
+            rows = conn.execute(q.CANCEL_REQUESTS, (list(run_ids),)).fetchall()
+        return {str(r[0]): str(r[1]) for r in rows}
+
     # -- wake-ups --------------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         return self._listeners.subscribe(listener)
@@ -278,8 +351,8 @@ class PostgresStorage(Storage):
         while not stop.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(q.LISTEN.split(";")[0])
-                    conn.execute(q.LISTEN.split(";")[1])
+                    for channel in CHANNELS:
+                        conn.execute(f"LISTEN {channel}")  # type: ignore[arg-type]
                     delay = 0.1
                     # Anything may have happened while we were not listening.
                     dispatch("", "")

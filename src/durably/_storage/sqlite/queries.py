@@ -137,3 +137,89 @@ WHERE id = :id
 """
 
 DATA_VERSION = "PRAGMA data_version"
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+CONSUME_SIGNAL = """
+UPDATE durably_signals SET consumed_at = ? WHERE id = ? AND run_id = ? AND consumed_at IS NULL
+"""
+
+UPSERT_EVENT = """
+INSERT INTO durably_events (run_id, key, value, updated_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+"""
+
+
+def wake_parents(n: int) -> str:
+    return f"""
+UPDATE durably_runs SET wake_at = ?
+WHERE status = 'suspended' AND id IN (
+    SELECT parent_id FROM durably_runs WHERE parent_id IS NOT NULL AND id IN ({_marks(n)}))
+"""
+
+
+def get_runs(n: int) -> str:
+    return f"SELECT {RUN_COLUMNS} FROM durably_runs WHERE id IN ({_marks(n)})"
+
+
+def pending_signals(n: int) -> str:
+    return f"""
+SELECT id, run_id, topic, payload FROM durably_signals
+WHERE consumed_at IS NULL AND run_id IN ({_marks(n)}) ORDER BY id
+"""
+
+
+def cancel_requests(n: int) -> str:
+    return f"""
+SELECT id, COALESCE(cancel_reason, 'cancelled') FROM durably_runs
+WHERE cancel_requested IS NOT NULL AND status IN ('pending', 'running', 'suspended')
+  AND id IN ({_marks(n)})
+"""
+
+
+RUN_STATUS = "SELECT status FROM durably_runs WHERE id = ?"
+
+INSERT_SIGNAL = """
+INSERT INTO durably_signals (run_id, topic, payload, created_at) VALUES (?, ?, ?, ?)
+"""
+
+WAKE_SUSPENDED = "UPDATE durably_runs SET wake_at = ? WHERE id = ? AND status = 'suspended'"
+
+GET_EVENT = "SELECT value FROM durably_events WHERE run_id = ? AND key = ?"
+
+_TREE = """
+WITH RECURSIVE tree(id) AS (
+    SELECT :id
+    UNION
+    SELECT r.id FROM durably_runs r JOIN tree t ON r.parent_id = t.id
+)
+"""
+
+TREE_IDS = _TREE + "SELECT id FROM tree"
+
+CANCEL_PENDING_TREE = (
+    _TREE
+    + """
+UPDATE durably_runs
+SET status = 'cancelled', finished_at = :now, updated_at = :now, error = :error,
+    cancel_requested = COALESCE(cancel_requested, :now),
+    cancel_reason = COALESCE(cancel_reason, :reason)
+WHERE status = 'pending' AND id IN (SELECT id FROM tree)
+RETURNING id
+"""
+)
+
+MARK_CANCEL_TREE = (
+    _TREE
+    + """
+UPDATE durably_runs
+SET cancel_requested = COALESCE(cancel_requested, :now),
+    cancel_reason = COALESCE(cancel_reason, :reason),
+    wake_at = CASE WHEN status = 'suspended' THEN :now ELSE wake_at END,
+    updated_at = :now
+WHERE status IN ('running', 'suspended') AND id IN (SELECT id FROM tree)
+"""
+)

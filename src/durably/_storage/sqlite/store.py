@@ -24,22 +24,26 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..._engine.journal import Entry
-from ..._errors import ConfigurationError, DatabaseError
+from ..._errors import ConfigurationError, DatabaseError, RunNotFound
 from ..base import (
     Listener,
     NewRun,
     RunFilter,
     RunRecord,
     RunWrite,
+    Signal,
     Storage,
 )
 from ..common import (
     SCHEMA_KEY,
     Listeners,
+    cancelled_error,
+    check_open,
     check_version,
     filter_sql,
     migrations,
     partition,
+    run_row,
     split_statements,
 )
 from . import queries as q
@@ -226,20 +230,7 @@ class SQLiteStorage(Storage):
     def create_run(self, run: NewRun) -> tuple[RunRecord, bool]:
         def tx(conn: sqlite3.Connection) -> tuple[RunRecord, bool]:
             with self._write(conn):
-                cur = conn.execute(
-                    q.INSERT_RUN,
-                    (
-                        run.id,
-                        run.workflow,
-                        run.version,
-                        run.args,
-                        run.created_at,
-                        run.created_at,
-                        run.parent_id,
-                        run.deadline,
-                        run.priority,
-                    ),
-                )
+                cur = conn.execute(q.INSERT_RUN, run_row(run))
                 created = cur.rowcount == 1
                 row = conn.execute(q.GET_RUN, (run.id,)).fetchone()
             return RunRecord(*row), created
@@ -293,15 +284,21 @@ class SQLiteStorage(Storage):
         def tx(conn: sqlite3.Connection) -> set[str]:
             with self._write(conn):
                 owned: dict[str, int] = {}
-                ids = [w.run_id for w in writes]
-                for start in range(0, len(ids), _CHUNK):
-                    chunk = ids[start : start + _CHUNK]
+                for chunk in _chunks([w.run_id for w in writes]):
                     owned.update(conn.execute(q.owned(len(chunk)), [worker_id, *chunk]))
                 part = partition(writes, owned, now)
                 if part.entries:
                     conn.executemany(q.INSERT_ENTRY, part.entries)
                 if part.updates:
                     conn.executemany(q.UPDATE_RUN, part.updates)
+                if part.consumed:
+                    conn.executemany(q.CONSUME_SIGNAL, part.consumed)
+                if part.events:
+                    conn.executemany(q.UPSERT_EVENT, part.events)
+                if part.children:
+                    conn.executemany(q.INSERT_RUN, [run_row(c) for c in part.children])
+                for chunk in _chunks(part.ended):
+                    conn.execute(q.wake_parents(len(chunk)), [now, *chunk])
             return part.rejected
 
         return self._retry(tx)
@@ -318,8 +315,7 @@ class SQLiteStorage(Storage):
 
         def tx(conn: sqlite3.Connection) -> None:
             with self._write(conn):
-                for start in range(0, len(ids), _CHUNK):
-                    chunk = ids[start : start + _CHUNK]
+                for chunk in _chunks(ids):
                     conn.execute(q.release(len(chunk)), [now, worker_id, *chunk])
 
         if ids:
@@ -346,6 +342,77 @@ class SQLiteStorage(Storage):
                 return True
 
         return self._retry(tx)
+
+    # -- signals, events, cancellation -----------------------------------------
+    def get_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        ids = list(run_ids)
+
+        def read(conn: sqlite3.Connection) -> list[RunRecord]:
+            rows: list[RunRecord] = []
+            for chunk in _chunks(ids):
+                rows.extend(RunRecord(*r) for r in conn.execute(q.get_runs(len(chunk)), chunk))
+            return rows
+
+        return self._retry(read) if ids else []
+
+    def send_signal(self, run_id: str, topic: str, payload: str, now: float) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            with self._write(conn):
+                check_open(conn.execute(q.RUN_STATUS, (run_id,)).fetchone(), run_id)
+                conn.execute(q.INSERT_SIGNAL, (run_id, topic, payload, now))
+                conn.execute(q.WAKE_SUSPENDED, (now, run_id))
+
+        self._retry(tx)
+
+    def pending_signals(self, run_ids: Sequence[str]) -> list[Signal]:
+        ids = list(run_ids)
+
+        def read(conn: sqlite3.Connection) -> list[Signal]:
+            found: list[Signal] = []
+            for chunk in _chunks(ids):
+                sql = q.pending_signals(len(chunk))
+                found.extend(Signal(*r) for r in conn.execute(sql, chunk))
+            return sorted(found, key=lambda signal: signal.id)
+
+        return self._retry(read) if ids else []
+
+    def get_event(self, run_id: str, key: str) -> str | None:
+        def read(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(q.GET_EVENT, (run_id, key)).fetchone()
+            if row is not None:
+                return str(row[0])
+            if conn.execute(q.RUN_STATUS, (run_id,)).fetchone() is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            return None
+
+        return self._retry(read)
+
+    def request_cancel(self, run_id: str, now: float, reason: str) -> str:
+        params = {"id": run_id, "now": now, "reason": reason, "error": cancelled_error(reason)}
+
+        def tx(conn: sqlite3.Connection) -> str:
+            with self._write(conn):
+                row = conn.execute(q.RUN_STATUS, (run_id,)).fetchone()
+                if row is None:
+                    raise RunNotFound(f"no run with id {run_id!r}")
+                ended = [r[0] for r in conn.execute(q.CANCEL_PENDING_TREE, params)]
+                conn.execute(q.MARK_CANCEL_TREE, params)
+                for chunk in _chunks(ended):
+                    conn.execute(q.wake_parents(len(chunk)), [now, *chunk])
+                return str(conn.execute(q.RUN_STATUS, (run_id,)).fetchone()[0])
+
+        return self._retry(tx)
+
+    def cancel_requests(self, run_ids: Sequence[str]) -> dict[str, str]:
+        ids = list(run_ids)
+
+        def read(conn: sqlite3.Connection) -> dict[str, str]:
+            found: dict[str, str] = {}
+            for chunk in _chunks(ids):
+                found.update(conn.execute(q.cancel_requests(len(chunk)), chunk))
+            return found
+
+        return self._retry(read) if ids else {}
 
     # -- wake-ups --------------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -375,3 +442,8 @@ class SQLiteStorage(Storage):
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
+
+
+def _chunks(items: Sequence[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield list(items[start : start + _CHUNK])
