@@ -77,7 +77,8 @@ class WorkflowHandle:
             tp = definition.result_type if definition is not None else Any
             return _serde.decode(record.result, tp)
         if record.status == "cancelled":
-            reason = record.cancel_reason or "cancelled"
+            stored = json.loads(record.error or "{}").get("message")
+            reason = stored or record.cancel_reason or "cancelled"
             raise WorkflowCancelled(
                 f"run {self.id!r} of workflow {record.workflow!r} was cancelled ({reason})"
             )

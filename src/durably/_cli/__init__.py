@@ -19,7 +19,7 @@ import click
 from .. import _config
 from .._errors import DurablyError
 from .._storage import open_storage
-from .._storage.base import STATUSES, RunFilter, RunRecord, Storage
+from .._storage.base import STATUSES, TERMINAL, RunFilter, RunRecord, Storage
 from .loading import load_app
 from .timeline import render
 
@@ -152,6 +152,38 @@ def retry(run_id: str, database: str | None) -> None:
 
 
 cli.add_command(retry, "resume")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.argument("topic")
+@click.option("--payload", default="null", show_default=True, help="JSON payload.")
+@database_option
+def signal(run_id: str, topic: str, payload: str, database: str | None) -> None:
+    """Send a signal to a run (for ctx.wait_for(TOPIC))."""
+    try:
+        json.loads(payload)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+    with _storage(database) as storage:
+        storage.send_signal(run_id, topic, payload, time.time())
+    click.echo(f"signal {topic!r} sent to run {run_id}")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--reason", default="cancelled by operator", show_default=True)
+@database_option
+def cancel(run_id: str, reason: str, database: str | None) -> None:
+    """Cancel a run and its children."""
+    with _storage(database) as storage:
+        status = storage.request_cancel(run_id, time.time(), reason)
+    if status == "cancelled":
+        click.echo(f"run {run_id} is cancelled")
+    elif status in TERMINAL:
+        click.echo(f"run {run_id} already ended ({status}); nothing to cancel")
+    else:
+        click.echo(f"run {run_id} is cancelling: its worker raises CancelledError in it")
 
 
 @cli.command()

@@ -44,6 +44,21 @@ def _detail(entry: Entry, origin: float) -> str:
         return "woke up"
     if entry.kind == Kind.NOW:
         return "= " + _when(float(info))
+    if entry.kind == Kind.WAIT:
+        deadline = info.get("deadline") if isinstance(info, dict) else None
+        return "waits" + (f" until +{deadline - origin:.3f}s" if deadline else " (no timeout)")
+    if entry.kind == Kind.SIGNAL:
+        return "received " + _clip(entry.payload or "null")
+    if entry.kind == Kind.WAIT_TIMEOUT:
+        return "timed out"
+    if entry.kind == Kind.EVENT:
+        return "= " + _clip(entry.payload or "null")
+    if entry.kind == Kind.CHILD:
+        return f"started child run {info.get('id')}"
+    if entry.kind == Kind.CHILD_DONE:
+        return _clip(f"child {info.get('status')}: " + str(info.get("result") or info.get("error")))
+    if entry.kind in (Kind.CANCEL, Kind.CANCEL_AT):
+        return "CancelledError raised: " + str(info.get("reason"))
     return "= " + _clip(entry.payload or "")
 
 
@@ -76,6 +91,11 @@ def render(record: RunRecord, entries: Sequence[Entry]) -> list[str]:
         lines.append(
             f"  {'+%.3fs' % ((record.finished_at or origin) - origin):>9}  {'':>3}  "
             f"{'run completed':<34} -> {_clip(record.result or 'null')}"
+        )
+    elif record.status == "cancelled":
+        lines.append(
+            f"  {'+%.3fs' % ((record.finished_at or origin) - origin):>9}  {'':>3}  "
+            f"{'run cancelled':<34} {_clip(record.cancel_reason or 'cancelled')}"
         )
     elif record.status == "failed":
         error = json.loads(record.error or "{}")

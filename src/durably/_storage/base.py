@@ -79,6 +79,12 @@ class RunUpdate:
     wake_at: float | None = None
     release: bool = False  # give up ownership (suspended out of memory, or ended)
     version: str | None = None
+    # When a run leaves memory to wait, whatever would wake it may already
+    # have happened concurrently; the commit checks these in its transaction
+    # and wakes the run at once if so (so no wake-up is lost).
+    wake_topics: tuple[str, ...] = ()  # a signal on one of these is unconsumed
+    wake_children: tuple[str, ...] = ()  # one of these child runs ended
+    cancel_seen: bool = False  # the driver already knows of a cancellation request
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import DatabaseError, RunFinished, RunNotFound
-from .base import TERMINAL, Listener, NewRun, RunFilter, RunWrite
+from .base import TERMINAL, Listener, NewRun, RunFilter, RunUpdate, RunWrite
 
 log = logging.getLogger("durably.storage")
 
@@ -130,6 +130,55 @@ class Partition:
     consumed: list[tuple[float, int, str]] = field(default_factory=list)  # (now, id, run)
     events: list[tuple[str, str, str, float]] = field(default_factory=list)
     children: list[NewRun] = field(default_factory=list)
+    sleepers: list[tuple[str, RunUpdate]] = field(default_factory=list)  # released to wait
+
+
+def missed_wakeup_sql(update: RunUpdate, mark: str) -> tuple[str, list[Any]]:
+    """A query that is non-empty if a released run should be woken at once."""
+    params: list[Any] = []
+    checks = []
+    if update.wake_topics:
+        topics = ", ".join([mark] * len(update.wake_topics))
+        checks.append(
+            "EXISTS (SELECT 1 FROM {signals} s WHERE s.run_id = r.id AND s.consumed_at IS NULL"
+            f" AND s.topic IN ({topics}))"
+        )
+        params.extend(update.wake_topics)
+    if update.wake_children:
+        children = ", ".join([mark] * len(update.wake_children))
+        checks.append(
+            f"EXISTS (SELECT 1 FROM {{runs}} c WHERE c.id IN ({children})"
+            " AND c.status IN ('completed', 'failed', 'cancelled'))"
+        )
+        params.extend(update.wake_children)
+    if not update.cancel_seen:
+        checks.append("r.cancel_requested IS NOT NULL")
+    if not checks:
+        return "", []
+    sql = f"SELECT 1 FROM {{runs}} r WHERE r.id = {mark} AND ({' OR '.join(checks)})"
+    return sql, params
+
+
+def wake_missed(
+    part: Partition,
+    now: float,
+    mark: str,
+    tables: dict[str, str],
+    query: Callable[[str, list[Any]], Any],
+) -> None:
+    """Runs going to sleep whose wake-up already happened are woken at once.
+
+    Must run inside the commit's transaction, after signals were consumed and
+    before the runs' rows are updated.
+    """
+    woken = set()
+    for run_id, update in part.sleepers:
+        sql, args = missed_wakeup_sql(update, mark)
+        if sql and query(sql.format(**tables), [run_id, *args]) is not None:
+            woken.add(run_id)
+    for params in part.updates:
+        if params["id"] in woken:
+            params["wake_at"] = now
 
 
 def partition(writes: Sequence[RunWrite], owned: Mapping[str, int], now: float) -> Partition:
@@ -147,6 +196,8 @@ def partition(writes: Sequence[RunWrite], owned: Mapping[str, int], now: float) 
             for e in w.entries
         )
         u = w.update
+        if u is not None and u.release and u.status == "suspended":
+            part.sleepers.append((w.run_id, u))
         if u is not None:
             part.updates.append(
                 {

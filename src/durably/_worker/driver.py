@@ -328,6 +328,17 @@ class RunDriver:
             return  # what the code asks for now is asked again after a replay
         for command in commands:
             self._start(command)
+        await self._look_for_wakeups(commands)
+
+    async def _look_for_wakeups(self, commands: list[Any]) -> None:
+        """A signal or a child's end may predate the wait: look once, right away."""
+        storage = self.worker.storage
+        if any(isinstance(c, WaitCall) for c in commands):
+            self.offer_signals(await self.worker.io(storage.pending_signals, [self.run_id]))
+        children = [c.child_id for c in commands if isinstance(c, ChildCall)]
+        if children:
+            for record in await self.worker.io(storage.get_runs, children):
+                self.offer_child(record)
 
     def _start(self, command: Any) -> None:
         if isinstance(command, StepCall):
@@ -379,8 +390,8 @@ class RunDriver:
         if self.draining and not self._active:
             status = "suspended" if not busy else "running"
             wake = min(times + later, default=None) if status == "suspended" else None
-            return RunUpdate(status=status, wake_at=wake, release=True)
-        if busy:
+            release = True
+        elif busy:
             status, wake, release = "running", None, False
         else:
             wake = min(times + later, default=None)
@@ -392,7 +403,14 @@ class RunDriver:
                     self._hold = self._loop.call_later(grace, self._post, "hold_expired", None)
         if status == self._status and wake == self._wake_at and not release:
             return None
-        return RunUpdate(status=status, wake_at=wake, release=release)
+        update = RunUpdate(status=status, wake_at=wake, release=release)
+        if release and status == "suspended":
+            update.wake_topics = tuple(sorted({w.topic for w in waits}))
+            update.wake_children = tuple(self._children) + tuple(
+                c.child_id for c in commands if isinstance(c, ChildCall)
+            )
+            update.cancel_seen = instance.cancel_reason is not None
+        return update
 
     async def _write(self, write: RunWrite) -> None:
         accepted = await self.worker.committer.submit(write)

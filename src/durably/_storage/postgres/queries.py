@@ -218,3 +218,5 @@ WHERE status IN ('running', 'suspended') AND id IN (SELECT id FROM tree)
 RETURNING id
 """
 )
+
+TABLES = {"runs": "durably.runs", "signals": "durably.signals"}

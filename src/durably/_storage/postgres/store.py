@@ -43,6 +43,7 @@ from ..common import (
     partition,
     run_row,
     split_statements,
+    wake_missed,
 )
 from . import queries as q
 
@@ -243,14 +244,21 @@ class PostgresStorage(Storage):
                 if part.entries:
                     columns = [list(col) for col in zip(*part.entries, strict=True)]
                     cur.execute(q.INSERT_ENTRIES, columns)
-                if part.updates:
-                    cur.executemany(q.UPDATE_RUN, part.updates)
                 if part.consumed:
                     cur.executemany(q.CONSUME_SIGNAL, part.consumed)
                 if part.events:
                     cur.executemany(q.UPSERT_EVENT, part.events)
                 if part.children:
                     cur.executemany(q.INSERT_CHILD, [run_row(c) for c in part.children])
+                wake_missed(
+                    part,
+                    now,
+                    "%s",
+                    q.TABLES,
+                    lambda sql, params: cur.execute(sql, params).fetchone(),
+                )
+                if part.updates:
+                    cur.executemany(q.UPDATE_RUN, part.updates)
                 if part.ended:
                     cur.execute(q.WAKE_PARENTS, (now, part.ended))
                 notes = [(CHANNEL_DONE, run_id) for run_id in part.ended]

@@ -223,3 +223,5 @@ SET cancel_requested = COALESCE(cancel_requested, :now),
 WHERE status IN ('running', 'suspended') AND id IN (SELECT id FROM tree)
 """
 )
+
+TABLES = {"runs": "durably_runs", "signals": "durably_signals"}

@@ -45,6 +45,7 @@ from ..common import (
     partition,
     run_row,
     split_statements,
+    wake_missed,
 )
 from . import queries as q
 
@@ -289,14 +290,21 @@ class SQLiteStorage(Storage):
                 part = partition(writes, owned, now)
                 if part.entries:
                     conn.executemany(q.INSERT_ENTRY, part.entries)
-                if part.updates:
-                    conn.executemany(q.UPDATE_RUN, part.updates)
                 if part.consumed:
                     conn.executemany(q.CONSUME_SIGNAL, part.consumed)
                 if part.events:
                     conn.executemany(q.UPSERT_EVENT, part.events)
                 if part.children:
                     conn.executemany(q.INSERT_RUN, [run_row(c) for c in part.children])
+                wake_missed(
+                    part,
+                    now,
+                    "?",
+                    q.TABLES,
+                    lambda sql, params: conn.execute(sql, params).fetchone(),
+                )
+                if part.updates:
+                    conn.executemany(q.UPDATE_RUN, part.updates)
                 for chunk in _chunks(part.ended):
                     conn.execute(q.wake_parents(len(chunk)), [now, *chunk])
             return part.rejected

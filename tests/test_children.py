@@ -1,0 +1,114 @@
+"""Child workflows: results, failures, fan-out, deterministic ids."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+
+import durably
+
+
+@dataclasses.dataclass
+class Quote:
+    sku: str
+    cents: int
+
+
+async def test_child_result_failure_and_fan_out(make_app: Callable[..., durably.App]) -> None:
+    app = make_app()
+
+    @app.workflow()
+    async def price(ctx: durably.Context, sku: str) -> Quote:
+        if sku == "broken":
+            raise LookupError(f"no price for {sku}")
+        cents = await ctx.run("lookup", lambda: len(sku) * 100)
+        return Quote(sku, cents)
+
+    @app.workflow()
+    async def order(ctx: durably.Context, skus: list[str]) -> dict[str, object]:
+        single = await ctx.child(price, "apple")
+        assert isinstance(single, Quote)
+        handles = [ctx.start_child(price, sku) for sku in skus]
+        results = await asyncio.gather(*handles, return_exceptions=True)
+        failures = [
+            f"{type(r).__name__}: {r.error_type}: {r.message}"
+            for r in results
+            if isinstance(r, durably.ChildFailed)
+        ]
+        return {
+            "single": single.cents,
+            "many": [r.cents for r in results if isinstance(r, Quote)],
+            "failures": failures,
+            "ids": [h.id for h in handles],
+        }
+
+    async with app.worker():
+        handle = await app.start(order, ["kiwi", "broken", "banana"], id="o-1")
+        result = await handle.result(timeout=30)
+    assert result["single"] == 500
+    assert result["many"] == [400, 600]
+    assert result["failures"] == ["ChildFailed: LookupError: no price for broken"]
+    assert result["ids"] == ["o-1/1", "o-1/2", "o-1/3"]  # deterministic: parent id/position
+    children = {r.id: r for r in await app.list_runs(workflow="price")}
+    assert {c.parent_id for c in children.values()} == {"o-1"}
+    assert children["o-1/2"].status == "failed"
+
+
+async def test_child_with_explicit_id_and_sync_parent(
+    make_app: Callable[..., durably.App],
+) -> None:
+    app = make_app()
+
+    @app.workflow()
+    def add(ctx: durably.Context, a: int, b: int) -> int:
+        return int(ctx.run("add", lambda: a + b))
+
+    @app.workflow()
+    def parent(ctx: durably.Context) -> list[int]:
+        started = ctx.start_child(add, 1, 2, id="my-child")
+        direct = ctx.child(add, 10, 20)
+        return [started.result(), direct]
+
+    async with app.worker():
+        handle = await app.start(parent)
+        assert await handle.result(timeout=30) == [3, 30]
+    assert await app.get_handle("my-child").result(timeout=5) == 3
+
+
+async def test_unknown_child_workflow_is_a_clear_error(
+    make_app: Callable[..., durably.App],
+) -> None:
+    app = make_app()
+
+    @app.workflow()
+    async def parent(ctx: durably.Context) -> str:
+        try:
+            await ctx.child("no-such-workflow")
+        except durably.UnknownWorkflowError as exc:
+            return str(exc)
+        return "?"
+
+    async with app.worker():
+        message = await (await app.start(parent)).result(timeout=20)
+    assert "'no-such-workflow' is not a workflow" in message
+
+
+async def test_child_arguments_are_checked_when_it_is_started(
+    make_app: Callable[..., durably.App],
+) -> None:
+    app = make_app()
+
+    @app.workflow()
+    async def child(ctx: durably.Context, value: int) -> int:
+        return value
+
+    @app.workflow()
+    async def parent(ctx: durably.Context) -> None:
+        await ctx.child(child, object())
+
+    async with app.worker():
+        with pytest.raises(durably.WorkflowFailed, match="argument 'value' of workflow 'child'"):
+            await (await app.start(parent)).result(timeout=20)
