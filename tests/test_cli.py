@@ -21,7 +21,18 @@ from conftest import TESTS_DIR, Workers, wait_until
 from durably._cli import cli
 
 APP = "apps.cli_app:app"
-COMMANDS = ["worker", "start", "list", "show", "retry", "resume", "check", "demo"]
+COMMANDS = [
+    "worker",
+    "start",
+    "list",
+    "show",
+    "retry",
+    "resume",
+    "check",
+    "demo",
+    "signal",
+    "cancel",
+]
 
 
 def run_cli(
@@ -178,7 +189,7 @@ def test_start_wait_prints_the_json_result(
 
 def test_start_unknown_workflow_is_a_clear_error(database_url: str) -> None:
     proc = run_cli("start", APP, "nosuch", "--id", "n-1", database=database_url)
-    assert_clean_error(proc, "nosuch", "add, fragile, greet")
+    assert_clean_error(proc, "nosuch", "add, approve, fragile, greet")
     assert proc.returncode == 2
     assert run_cli("list", database=database_url).stdout.strip() == "no runs"
 
@@ -465,3 +476,39 @@ def test_a_missing_dependency_of_the_user_module_is_named(tmp_path: Path) -> Non
     assert proc.returncode != 0
     assert "surely_not_installed_pkg" in proc.stderr
     assert "cannot import module 'flows_with_missing_dep'" not in proc.stderr
+
+
+# -- signal and cancel ---------------------------------------------------------------
+
+
+def test_signal_and_cancel_from_the_command_line(
+    database_url: str, workers: Workers, client: durably.App
+) -> None:
+    worker = workers.spawn(APP)
+    for run_id in ("sig-1", "can-1"):
+        started = run_cli("start", APP, "approve", "--id", run_id, database=database_url)
+        assert started.returncode == 0, started.stderr
+    wait_until(lambda: status(client, "sig-1") == "suspended", what="the wait")
+    sent = run_cli(
+        "signal", "sig-1", "decision", "--payload", '{"ok": true}', database=database_url
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert client.get_handle("sig-1").result_sync(timeout=20) == {"ok": True}
+
+    wait_until(lambda: status(client, "can-1") == "suspended", what="the wait")
+    cancelled = run_cli("cancel", "can-1", database=database_url)
+    assert cancelled.returncode == 0, cancelled.stderr
+    with pytest.raises(durably.WorkflowCancelled, match="cancelled by operator"):
+        client.get_handle("can-1").result_sync(timeout=20)
+    shown = run_cli("show", "can-1", database=database_url).stdout
+    assert "CancelledError raised" in shown and "step undo" in shown
+    stop_cleanly(worker)
+
+    again = run_cli("cancel", "can-1", database=database_url)
+    assert again.returncode == 0 and "already ended (cancelled)" in again.stdout
+    late = run_cli("signal", "can-1", "decision", database=database_url)
+    assert_clean_error(late, "cancelled", "cannot receive signals")
+    bad = run_cli("signal", "sig-1", "decision", "--payload", "{nope", database=database_url)
+    assert bad.returncode != 0 and "not JSON" in bad.stderr
+    missing = run_cli("cancel", "ghost", database=database_url)
+    assert_clean_error(missing, "no run with id 'ghost'")

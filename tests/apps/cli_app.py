@@ -59,3 +59,14 @@ def fragile(ctx: durably.Context, marker: str) -> str:
     if os.path.exists(marker):
         raise RuntimeError(f"marker {marker} says the code is still broken")
     return prepared + " and " + finish(marker)
+
+
+@app.workflow()
+async def approve(ctx: durably.Context) -> object:
+    import asyncio
+
+    try:
+        return await ctx.wait_for("decision")
+    except asyncio.CancelledError:
+        await ctx.run("undo", lambda: "undone")
+        raise

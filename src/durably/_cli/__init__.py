@@ -177,11 +177,12 @@ def signal(run_id: str, topic: str, payload: str, database: str | None) -> None:
 def cancel(run_id: str, reason: str, database: str | None) -> None:
     """Cancel a run and its children."""
     with _storage(database) as storage:
+        before = _existing(storage, run_id).status
         status = storage.request_cancel(run_id, time.time(), reason)
-    if status == "cancelled":
+    if before in TERMINAL:
+        click.echo(f"run {run_id} already ended ({before}); nothing to cancel")
+    elif status == "cancelled":
         click.echo(f"run {run_id} is cancelled")
-    elif status in TERMINAL:
-        click.echo(f"run {run_id} already ended ({status}); nothing to cancel")
     else:
         click.echo(f"run {run_id} is cancelling: its worker raises CancelledError in it")
 
