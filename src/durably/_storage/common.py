@@ -78,7 +78,8 @@ class Listeners:
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         with self._lock:
             self._listeners.append(listener)
-            if self._thread is None or not self._thread.is_alive():
+            # A thread told to stop may still be alive: it will not come back.
+            if self._thread is None or not self._thread.is_alive() or self._stop.is_set():
                 self._stop = threading.Event()
                 self._thread = threading.Thread(
                     target=self._run, args=(self._stop,), name=self._name, daemon=True

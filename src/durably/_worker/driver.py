@@ -176,13 +176,15 @@ class RunDriver:
             await self._write(RunWrite(self.run_id, self.epoch, [], _ended(outcome)))
             self.worker.run_ended(self.run_id)
             return
-        batch = _Batch()
         if self.record.cancel_requested is not None:
-            self.instance.request_cancel(self.record.cancel_reason or "cancelled")
+            # Armed now, delivered after the first flush: a step the replay
+            # found unfinished is executing again by then, and must finish first.
+            reason = self.record.cancel_reason or "cancelled"
+            self.instance.request_cancel(reason)
+            self.cancel(reason)
         self._watch_deadline()
-        await self._maybe_deliver_cancel(batch)
         version = self.spec.version if self.spec.version != self.record.version else None
-        await self._flush(batch, version=version)
+        await self._flush(_Batch(), version=version)
         while not self.finished:
             await self._wake.wait()
             self._wake.clear()
@@ -387,6 +389,7 @@ class RunDriver:
             times.append(self.record.deadline)
         holds = bool(waits or self._children or any(isinstance(c, ChildCall) for c in commands))
         busy = bool(self._active or runs_soon) or any(t - now <= grace for t in later)
+        busy = busy or (instance.cancel_reason is not None and not instance.cancel_delivered)
         if self.draining and not self._active:
             status = "suspended" if not busy else "running"
             wake = min(times + later, default=None) if status == "suspended" else None

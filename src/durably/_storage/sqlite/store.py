@@ -432,6 +432,8 @@ class SQLiteStorage(Storage):
         conn = self._retry(lambda _: self._connect())
         try:
             last = conn.execute(q.DATA_VERSION).fetchone()[0]
+            # Commits between subscribe() and the first read above went unseen.
+            dispatch("", "")
             while not stop.wait(POLL_INTERVAL):
                 try:
                     version = conn.execute(q.DATA_VERSION).fetchone()[0]
