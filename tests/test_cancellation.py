@@ -48,7 +48,10 @@ async def test_cancel_during_a_sleep_runs_compensation(
             await handle.result(timeout=20)
     assert await handle.status() == "cancelled"
     assert kinds(app, "b-1") == [
-        ("step", "reserve"), ("timer", "hold"), ("cancel", "cancel"), ("step", "release"),
+        ("step", "reserve"),
+        ("timer", "hold"),
+        ("cancel", "cancel"),
+        ("step", "release"),
     ]
 
 
@@ -85,7 +88,9 @@ async def test_cancel_during_a_step_lets_it_finish_and_raises_at_the_next_operat
             await handle.result(timeout=20)
     journal = app.storage.load_journal("c-1")
     assert [(e.kind, e.name) for e in journal] == [
-        ("step", "charge"), ("cancel_at", "cancel"), ("step", "refund"),
+        ("step", "charge"),
+        ("cancel_at", "cancel"),
+        ("step", "refund"),
     ]
     assert journal[0].payload == '"ch-1"'  # the executing step finished and was journaled
     assert journal[2].payload == '"refunded ch-1"'

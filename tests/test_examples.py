@@ -12,7 +12,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def run(name: str, folder: Path, **env: str) -> str:
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / name)],
-        cwd=folder, capture_output=True, text=True, timeout=120,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**__import__("os").environ, **env},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

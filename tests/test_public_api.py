@@ -14,6 +14,7 @@ EXPECTED = [
     "ConfigurationError",
     "Context",
     "DatabaseError",
+    "DatabaseUnavailable",
     "DurablyError",
     "NonDeterminismError",
     "PayloadError",

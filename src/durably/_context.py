@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random as _random
 import uuid as _uuid
 from collections.abc import Callable
@@ -24,8 +25,8 @@ def to_seconds(value: float | dt.timedelta, what: str) -> float:
         raise ConfigurationError(
             f"{what} must be a timedelta or a number of seconds, not {value!r}"
         )
-    if seconds < 0:
-        raise ConfigurationError(f"{what} must not be negative ({value!r})")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigurationError(f"{what} must be a finite number >= 0 ({value!r})")
     return seconds
 
 

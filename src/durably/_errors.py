@@ -18,6 +18,10 @@ class DatabaseError(DurablyError):
     """The database cannot be used: foreign, corrupt, newer schema or unreachable."""
 
 
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be reached (or stays locked) right now; try again later."""
+
+
 class PayloadError(DurablyError, TypeError):
     """A value cannot be stored in the journal (not serialisable, or too large)."""
 

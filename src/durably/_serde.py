@@ -19,6 +19,7 @@ import json
 import types
 import typing
 import uuid
+import weakref
 from typing import Any, Union, get_args, get_origin
 
 from ._errors import PayloadError
@@ -220,7 +221,8 @@ def _convert_class(value: Any, tp: type) -> Any:
     return value
 
 
-_hint_cache: dict[Any, dict[str, Any]] = {}
+# Weak keys: a lambda or closure given to ctx.run must not outlive its run.
+_hint_cache: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 def _hints(obj: Any) -> dict[str, Any]:
@@ -228,6 +230,8 @@ def _hints(obj: Any) -> dict[str, Any]:
         return _hint_cache[obj]
     except (KeyError, TypeError):
         pass
+    if not getattr(obj, "__annotations__", None) and not isinstance(obj, type):
+        return {}  # nothing to resolve (most lambdas): not worth caching
     try:
         hints = typing.get_type_hints(obj, include_extras=True)
     except Exception:  # noqa: BLE001 - unresolved names: fall back to raw annotations

@@ -121,8 +121,8 @@ async def test_gather_positions_follow_call_order_not_completion_order() -> None
 @pytest.mark.parametrize("first", ["step", "timer"])
 async def test_first_completed_race_replays_the_recorded_winner(first: str) -> None:
     async def wf(ctx: durably.Context) -> str:
-        timer = ctx.sleep("deadline", 60)
-        work = ctx.run("work", noop)
+        timer = asyncio.ensure_future(ctx.sleep("deadline", 60))
+        work = asyncio.ensure_future(ctx.run("work", noop))
         done, _ = await asyncio.wait({timer, work}, return_when=asyncio.FIRST_COMPLETED)
         winner = "step" if work in done else "timer"
         await ctx.run("after", noop)

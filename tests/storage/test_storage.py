@@ -382,7 +382,7 @@ def test_group_commit_rejects_only_the_lost_runs(storage: Storage, other: Storag
     storage.create_run(new_run("lost", created_at=T0 + 0.5))
     runs = {r.id: r for r in storage.claim("A", ["wf"], 10, T0 + 1, LEASE)}
     assert set(runs) == {"kept", "lost"}
-    storage.renew("A", T0 + 5, LEASE)  # kept alive ...
+    storage.renew("A", ["kept", "lost"], T0 + 5, LEASE)  # kept alive ...
     # ... but "lost" is given away by an operator reset and re-claimed by B.
     assert other.set_status("lost", "pending", T0 + 6)
     assert claim_one(other, "B", T0 + 6).id == "lost"
@@ -450,13 +450,23 @@ def test_suspended_run_still_held_waits_for_its_lease(storage: Storage, other: S
     assert record is not None and record.owner == "w1" and record.status == "suspended"
 
     assert other.claim("w2", ["wf"], 10, T0 + 3, LEASE) == []  # due, but held
-    assert storage.renew("w1", T0 + 8, LEASE) == 1  # suspended runs are renewed too
+    assert storage.renew("w1", ["r"], T0 + 8, LEASE) == 1  # suspended runs are renewed too
     assert other.claim("w2", ["wf"], 10, T0 + LEASE + 1, LEASE) == []
     taken = claim_one(other, "w2", T0 + 8 + LEASE + 1)
     assert taken.owner == "w2" and taken.epoch == run.epoch + 1
 
 
 # -- renew / release -----------------------------------------------------------------------
+
+
+def test_renew_extends_only_the_runs_named(storage: Storage) -> None:
+    storage.create_run(new_run("x1", "a", T0))
+    storage.create_run(new_run("x2", "a", T0 + 0.1))
+    assert len(storage.claim("w1", ["a"], 10, T0, LEASE)) == 2
+    assert storage.renew("w1", ["x1"], T0 + 5, LEASE) == 1  # x2: its driver is gone
+    x1, x2 = storage.get_run("x1"), storage.get_run("x2")
+    assert x1 is not None and x1.lease_until == pytest.approx(T0 + 5 + LEASE)
+    assert x2 is not None and x2.lease_until == pytest.approx(T0 + LEASE)
 
 
 def test_renew_extends_only_the_workers_own_leases(storage: Storage, other: Storage) -> None:
@@ -471,8 +481,9 @@ def test_renew_extends_only_the_workers_own_leases(storage: Storage, other: Stor
     storage.commit("w1", [RunWrite("done", finished.epoch, [], finish)], T0)
     theirs = claim_one(other, "w2", T0, ("b",))
 
-    assert storage.renew("w1", T0 + 8, LEASE) == 2
-    assert storage.renew("nobody", T0 + 8, LEASE) == 0
+    held = ["a1", "a2", "done", "b1"]  # "done" ended; "b1" belongs to w2
+    assert storage.renew("w1", held, T0 + 8, LEASE) == 2
+    assert storage.renew("nobody", held, T0 + 8, LEASE) == 0
     for rid in ("a1", "a2"):
         record = storage.get_run(rid)
         assert record is not None and record.lease_until == pytest.approx(T0 + 8 + LEASE)
@@ -690,7 +701,7 @@ while time.monotonic() < end:
     ]
     rejected += sorted(store.commit(me, writes, now))
     claimed += [r.id for r in runs]
-    store.renew(me, now, 600.0)
+    store.renew(me, [r.id for r in runs], now, 600.0)
     store.get_run(f"shared-{i}")
     i += 1
 store.close()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any
 
@@ -68,7 +68,12 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
             while ready:
                 handle = ready.popleft()
                 if not handle._cancelled:
-                    handle._run()
+                    try:
+                        handle._run()
+                    except (SystemExit, KeyboardInterrupt) as exc:
+                        # asyncio re-raises these out of a task; in workflow
+                        # code they fail the run, never the worker.
+                        self._instance.fail_from_loop(exc)
         finally:
             self._running = False
             _set_running_loop(previous)
@@ -148,6 +153,10 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     add_writer = _no_io("add_writer")  # type: ignore[assignment]
     run_until_complete = _no_io("run_until_complete")
     run_forever = _no_io("run_forever")
+
+
+async def _result_of(fut: asyncio.Future[Any]) -> Any:
+    return await fut
 
 
 def _settle_future(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
@@ -233,20 +242,32 @@ class AsyncInstance(Instance):
                 self._fail(exc)
         except Exception as exc:  # noqa: BLE001 - the run fails with it
             self._fail(exc)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit & co fail the run too
+            self._fail(exc)
         else:
             if not self.abandoned:
                 self._finish(result)
 
+    def fail_from_loop(self, exc: BaseException) -> None:
+        if not self.abandoned:
+            self._fail(exc)
+
     # -- operations ----------------------------------------------------------
-    def _pending(self, position: int, recorded: Entry | None) -> asyncio.Future[Any]:
+    def _future(self, position: int) -> asyncio.Future[Any]:
         # A recorded completion is handed back in journal order by start().
         fut = self._loop.create_future()
         self._waiting[position] = partial(_settle_future, fut)
         fut.add_done_callback(partial(self._forget_if_cancelled, position))
         return fut
 
+    def _pending(self, position: int, recorded: Entry | None) -> Coroutine[Any, Any, Any]:
+        # The operation is issued now (its position is fixed at call time); what
+        # the code gets is a coroutine, like any async function's call, so it
+        # works with await, gather, create_task and TaskGroup alike.
+        return _result_of(self._future(position))
+
     def deferred(self, position: int, recorded: Entry | None) -> Callable[[], Any]:
-        fut = self._pending(position, recorded)
+        fut = self._future(position)
         return lambda: fut
 
     def _forget_if_cancelled(self, position: int, fut: asyncio.Future[Any]) -> None:

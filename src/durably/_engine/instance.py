@@ -23,6 +23,7 @@ from typing import Any
 from .. import _serde
 from .._errors import (
     ChildFailed,
+    DurablyError,
     NonDeterminismError,
     PayloadError,
     StepFailed,
@@ -498,6 +499,17 @@ class Instance:
             self._end_cancelled(text)  # it returned after compensating: still cancelled
         else:
             self.outcome = Outcome("completed", result=text)
+
+    def fail_stuck(self) -> None:
+        """The code settled waiting on nothing durable; no event can wake it."""
+        self._fail(
+            DurablyError(
+                f"workflow {self.workflow!r} run {self.run_id!r} waits on something that is "
+                "not a durable operation (an asyncio.Event or Future nothing durable will "
+                "complete), so it could never resume; wait with ctx.wait_for, ctx.sleep, "
+                "steps or children instead"
+            )
+        )
 
     def _fail(self, exc: BaseException) -> None:
         if self.outcome is None:

@@ -119,7 +119,7 @@ class SyncInstance(Instance):
         except Exception as exc:  # noqa: BLE001 - the run fails with it
             self._fail(exc)
         except BaseException as exc:  # noqa: BLE001 - SystemExit & co in user code
-            self._fail(DurablyError(f"workflow code raised {type(exc).__name__}"))
+            self._fail(exc)
         else:
             if not self.abandoned:
                 self._finish(result)
@@ -159,6 +159,8 @@ class SyncInstance(Instance):
         else:
             self._deferred.discard(position)
             slot = self._slots[position] = _Slot()
+            if self.abandoned:  # abandon() ran before the slot existed
+                raise Abandoned()
             self._blocked_on = position
             self._signal_blocked()
             slot.event.wait()

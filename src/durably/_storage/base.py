@@ -48,12 +48,13 @@ class RunRecord:
     priority: int = 0
     cancel_requested: float | None = None
     cancel_reason: str | None = None
+    pinned: bool = False  # diverged under newer code: only its own version may run it
 
 
 RUN_COLUMNS = (
     "id, workflow, version, status, args, result, error, owner, epoch, lease_until, "
     "wake_at, created_at, updated_at, started_at, finished_at, parent_id, deadline, "
-    "priority, cancel_requested, cancel_reason"
+    "priority, cancel_requested, cancel_reason, pinned"
 )
 
 
@@ -85,6 +86,7 @@ class RunUpdate:
     wake_topics: tuple[str, ...] = ()  # a signal on one of these is unconsumed
     wake_children: tuple[str, ...] = ()  # one of these child runs ended
     cancel_seen: bool = False  # the driver already knows of a cancellation request
+    pin: bool = False  # pin the run to the version it has (newer code diverged)
 
 
 @dataclass(slots=True)
@@ -161,23 +163,36 @@ class Storage(abc.ABC):
         limit: int,
         now: float,
         lease_seconds: float,
+        versions: Sequence[str] = (),
     ) -> list[RunRecord]:
-        """Take up to ``limit`` runnable runs: new, due, or with a lapsed lease."""
+        """Take up to ``limit`` runnable runs: new, due, or with a lapsed lease.
+
+        Runs pinned to a version are taken only if ``"workflow@version"`` is in
+        ``versions``.
+        """
 
     @abc.abstractmethod
     def commit(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> set[str]:
         """Write a batch in one transaction; returns ids whose claim was lost."""
 
     @abc.abstractmethod
-    def renew(self, worker_id: str, now: float, lease_seconds: float) -> int:
-        """Extend the lease of every run ``worker_id`` holds."""
+    def renew(
+        self, worker_id: str, run_ids: Sequence[str], now: float, lease_seconds: float
+    ) -> int:
+        """Extend the leases of these runs, where ``worker_id`` still owns them.
+
+        Only runs a worker actually drives are renewed: one it dropped (its
+        driver failed) lapses and is taken over.
+        """
 
     @abc.abstractmethod
     def release(self, worker_id: str, run_ids: Sequence[str], now: float) -> None:
         """Give runs back (worker shutting down) so others claim them at once."""
 
     @abc.abstractmethod
-    def next_due(self, workflows: Sequence[str], now: float) -> float | None:
+    def next_due(
+        self, workflows: Sequence[str], now: float, versions: Sequence[str] = ()
+    ) -> float | None:
         """Earliest time a run of ``workflows`` becomes claimable (or None)."""
 
     @abc.abstractmethod

@@ -210,6 +210,7 @@ def partition(writes: Sequence[RunWrite], owned: Mapping[str, int], now: float) 
                     "release": u.release,
                     "version": u.version,
                     "now": now,
+                    "pin": u.pin,
                 }
             )
             if u.status in TERMINAL:
@@ -258,3 +259,12 @@ def check_open(row: Any, run_id: str) -> None:
         raise RunNotFound(f"no run with id {run_id!r}")
     if row[0] in TERMINAL:
         raise RunFinished(f"run {run_id!r} is {row[0]}; it cannot receive signals any more")
+
+
+def check_consumed(taken: int, part: Partition) -> None:
+    """Abort the commit if a signal it hands to a run was already taken."""
+    if taken != len(part.consumed):
+        raise DatabaseError(
+            f"{len(part.consumed) - taken} signal(s) of this commit were already consumed; "
+            "the commit is rolled back and the run replays"
+        )

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .._errors import DatabaseUnavailable
 from .._storage.base import RunWrite, Storage
 
 log = logging.getLogger("durably.worker")
@@ -79,8 +80,17 @@ class Committer:
             result = self._storage.commit(
                 self._worker_id, [write for write, _ in batch], self._clock()
             )
-        except Exception as exc:  # noqa: BLE001 - handed to every waiting driver
+        except DatabaseUnavailable as exc:
             log.warning("group commit of %d writes failed: %s", len(batch), exc)
+            result = CommitFailed(str(exc))
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting drivers
+            if len(batch) > 1:
+                # One bad write must not sink the others: try each on its own
+                # (a database that is down fails them all quickly anyway).
+                for single in batch:
+                    self._commit([single])
+                return
+            log.warning("commit of run %s failed: %s", batch[0][0].run_id, exc)
             result = CommitFailed(str(exc))
         self.batches += 1
         self.writes += len(batch)

@@ -89,11 +89,15 @@ class RunDriver:
         self._wake = asyncio.Event()
         self._seq = 0
         self._active: dict[int, asyncio.Task[None]] = {}
+        self._cancelled_steps: set[int] = set()  # step tasks this driver cancelled
+        self._executing: dict[int, StepCall] = {}  # what each active task runs
         self._timers: dict[int, _Timer] = {}
         self._retries: dict[int, tuple[StepCall, asyncio.TimerHandle]] = {}
         self._waits: dict[int, WaitCall] = {}  # signal waits by position
         self._wait_timers: dict[int, asyncio.TimerHandle] = {}
-        self._taken: set[int] = set()  # signal ids handed to a wait, not yet written
+        self._taken: set[int] = set()  # signal ids on their way to a wait
+        self._promised: dict[int, int] = {}  # wait position -> signal id on its way
+        self._consumed: set[int] = set()  # signal ids this run took (never offer again)
         self._children: dict[str, tuple[int, str]] = {}  # child id -> (position, workflow)
         self._hold: asyncio.TimerHandle | None = None
         self._hold_expired = False
@@ -121,38 +125,61 @@ class RunDriver:
 
     def offer_signals(self, signals: list[Signal]) -> None:
         """Hand unconsumed signals (oldest first) to waits on their topic."""
-        claimed: set[int] = set()
         for signal in signals:
-            if signal.id in self._taken:
-                continue
+            if signal.id in self._taken or signal.id in self._consumed:
+                continue  # on its way to a wait, or taken already (a stale read)
             positions = [
-                p for p, w in self._waits.items() if w.topic == signal.topic and p not in claimed
+                p
+                for p, w in self._waits.items()
+                if w.topic == signal.topic and p not in self._promised
             ]
             if positions:
                 position = min(positions)
-                claimed.add(position)
+                self._promised[position] = signal.id
                 self._taken.add(signal.id)
                 self._post("signal", (position, signal))
 
     def offer_child(self, record: RunRecord) -> None:
-        if record.id in self._children and record.status in TERMINAL:
+        known = self._children.get(record.id)
+        if known is None:
+            return
+        if record.workflow != known[1]:  # the id was taken by a run of another workflow
+            self._post("child_done", record)
+        elif record.status in TERMINAL:
             self._post("child_done", record)
 
     def cancel(self, reason: str) -> None:
         self._post("cancel", reason)
 
+    def steps_on_threads(self) -> bool:
+        """Whether a step executing now runs on a thread (cannot be cancelled)."""
+        return any(
+            not steps.is_async_callable(self._executing[p].fn)
+            for p in self._active
+            if p in self._executing
+        )
+
+    def adopt(self, epoch: int) -> None:
+        """Our own worker re-claimed this run: write under the new claim."""
+        if epoch > self.epoch:
+            self.epoch = epoch
+
     async def run(self) -> None:
+        failed = False
         try:
             await self._run()
         except LeaseLost:
             log.info("run %s: taken over by another worker; dropped here", self.run_id)
         except asyncio.CancelledError:
             pass
-        except Exception as exc:
+        except Exception as exc:  # keep the worker alive
+            failed = True
             log.warning("run %s: driver stopped: %s", self.run_id, exc, exc_info=True)
         finally:
             self._cleanup()
-            self.worker.driver_done(self)
+            # A run dropped on an error (a failed commit, an unreachable
+            # database) is handed back so it is replayed, here or elsewhere.
+            self.worker.driver_done(self, release=failed)
 
     # -- main loop -------------------------------------------------------------
     async def _run(self) -> None:
@@ -175,6 +202,10 @@ class RunDriver:
             outcome = Outcome("failed", error=describe_exception(exc))
             await self._write(RunWrite(self.run_id, self.epoch, [], _ended(outcome)))
             self.worker.run_ended(self.run_id)
+            return
+        replayed = self.instance.outcome
+        if replayed is not None and replayed.diverged and self.record.version != self.spec.version:
+            await self._pin()
             return
         if self.record.cancel_requested is not None:
             # Armed now, delivered after the first flush: a step the replay
@@ -203,16 +234,22 @@ class RunDriver:
         elif kind == "signal":
             position, signal = payload
             self._taken.discard(signal.id)
+            self._promised.pop(position, None)
             if self._waits.pop(position, None) is None or not instance.wants(position):
                 return
             self._drop_wait_timer(position)
             entry = Entry(position, Kind.SIGNAL, signal.topic, signal.payload, None, self._clock())
             if await self._complete(entry, batch):
+                self._consumed.add(signal.id)
                 batch.consumed.append(signal.id)
         elif kind == "wait_timeout":
-            wait = self._waits.pop(payload, None)
+            wait = self._waits.get(payload)
             self._wait_timers.pop(payload, None)
-            if wait is not None:
+            if wait is not None and wait.deadline is not None:
+                if wait.deadline > self._clock():  # the wall clock moved back: never early
+                    self._arm_wait(wait)
+                    return
+                del self._waits[payload]
                 entry = Entry(payload, Kind.WAIT_TIMEOUT, wait.topic, None, None, self._clock())
                 await self._complete(entry, batch)
         elif kind == "child_done":
@@ -220,9 +257,8 @@ class RunDriver:
             known = self._children.pop(record.id, None)
             if known is not None:
                 position, name = known
-                entry = Entry(
-                    position, Kind.CHILD_DONE, name, _child_payload(record), None, self._clock()
-                )
+                payload = _child_payload(record, name)
+                entry = Entry(position, Kind.CHILD_DONE, name, payload, None, self._clock())
                 await self._complete(entry, batch)
         elif kind == "attempt":
             entry, retry = payload
@@ -342,6 +378,25 @@ class RunDriver:
             for record in await self.worker.io(storage.get_runs, children):
                 self.offer_child(record)
 
+    async def _pin(self) -> None:
+        """Newer code diverged from a run started on an older version: leave it
+        to workers that still have that version (semantic 8), never fail it."""
+        log.warning(
+            "run %s started on version %s of %r, which this worker's version %s does not "
+            "replay cleanly; it stays pinned to %s: %s",
+            self.run_id,
+            self.record.version,
+            self.record.workflow,
+            self.spec.version,
+            self.record.version,
+            (self.instance.outcome.error or {}).get("message", "")
+            if self.instance and self.instance.outcome
+            else "",
+        )
+        self.finished = True
+        update = RunUpdate(status="running", release=True, pin=True)
+        await self._write(RunWrite(self.run_id, self.epoch, [], update))
+
     def _start(self, command: Any) -> None:
         if isinstance(command, StepCall):
             self._start_step(command)
@@ -349,11 +404,7 @@ class RunDriver:
             self._arm(command.position, command.fire_at, command.name)
         elif isinstance(command, WaitCall):
             self._waits[command.position] = command
-            if command.deadline is not None:
-                delay = max(0.0, command.deadline - self._clock())
-                self._wait_timers[command.position] = self._loop.call_later(
-                    delay, self._post, "wait_timeout", command.position
-                )
+            self._arm_wait(command)
             self.worker.watch("signals")
         elif isinstance(command, ChildCall):
             self._children[command.child_id] = (command.position, command.workflow)
@@ -373,6 +424,8 @@ class RunDriver:
 
     def _next_update(self, instance: Instance, commands: list[Any]) -> RunUpdate | None:
         """The row change that goes with this write, or None if nothing changes."""
+        if instance.outcome is None and self._stuck(commands):
+            instance.fail_stuck()
         if instance.outcome is not None:
             return _ended(instance.outcome)
         now = self._clock()
@@ -415,6 +468,21 @@ class RunDriver:
             update.cancel_seen = instance.cancel_reason is not None
         return update
 
+    def _stuck(self, commands: list[Any]) -> bool:
+        """The code waits, but on nothing durable: nothing could ever wake it."""
+        instance = self.instance
+        assert instance is not None
+        return not (
+            commands
+            or self._active
+            or self._timers
+            or self._retries
+            or self._waits
+            or self._children
+            or instance.cancel_reason is not None
+            or self.draining
+        )
+
     async def _write(self, write: RunWrite) -> None:
         accepted = await self.worker.committer.submit(write)
         if not accepted:
@@ -434,18 +502,29 @@ class RunDriver:
             self._execute(call)
 
     def _execute(self, call: StepCall) -> None:
+        self._executing[call.position] = call
         self._active[call.position] = self._loop.create_task(self._attempt(call))
 
     async def _attempt(self, call: StepCall) -> None:
         assert self.instance is not None
-        entry, retry = await steps.execute(
-            call,
-            self.instance.step_key(call.position),
-            self.worker.step_threads,
-            self._loop,
-            self._clock,
-            self.worker.payload_limit,
-        )
+        try:
+            entry, retry = await steps.execute(
+                call,
+                self.instance.step_key(call.position),
+                self.worker.step_threads,
+                self._loop,
+                self._clock,
+                self.worker.payload_limit,
+            )
+        except asyncio.CancelledError as exc:
+            if call.position in self._cancelled_steps or self.finished:
+                raise  # we cancelled it
+            # The step's own code raised CancelledError (e.g. an inner task of
+            # it was cancelled): that is a failed attempt like any other error.
+            error = exc.__class__("the step raised CancelledError")
+            entry, retry = steps.failure_entry(call, error, self._clock()), None
+            if call.retry.retries(call.attempt, exc):
+                entry, retry = steps.retry_entries(call, error, self._clock())
         if retry is None:
             self._post("complete", entry)
         else:
@@ -455,6 +534,13 @@ class RunDriver:
         delay = max(0.0, fire_at - self._clock())
         handle = self._loop.call_later(delay, self._post, "fired", position)
         self._timers[position] = _Timer(fire_at, name, handle)
+
+    def _arm_wait(self, wait: WaitCall) -> None:
+        if wait.deadline is not None:
+            delay = max(0.0, wait.deadline - self._clock())
+            self._wait_timers[wait.position] = self._loop.call_later(
+                delay, self._post, "wait_timeout", wait.position
+            )
 
     def _watch_deadline(self) -> None:
         deadline = self.record.deadline
@@ -467,6 +553,9 @@ class RunDriver:
             self._deadline = self._loop.call_later(delay, self._deadline_passed)
 
     def _deadline_passed(self) -> None:
+        if self.record.deadline is not None and self.record.deadline > self._clock():
+            self._watch_deadline()  # the wall clock moved back: never early
+            return
         if self.instance is not None and self.instance.cancel_reason is None:
             self.instance.request_cancel(DEADLINE_REASON)
             self._post("cancel", DEADLINE_REASON)
@@ -484,6 +573,7 @@ class RunDriver:
             retry[1].cancel()
         task = self._active.pop(position, None)
         if task is not None:
+            self._cancelled_steps.add(position)
             task.cancel()
         for child_id, (child_position, _) in list(self._children.items()):
             if child_position == position:
@@ -517,6 +607,7 @@ class RunDriver:
         handles += [h for h in (self._hold, self._deadline) if h is not None]
         for handle in handles:
             handle.cancel()
+        self._cancelled_steps.update(self._active)
         for task in self._active.values():
             task.cancel()
         self._timers.clear()
@@ -534,9 +625,16 @@ def _ended(outcome: Outcome) -> RunUpdate:
     return RunUpdate(status=outcome.status, result=outcome.result, error=error, release=True)
 
 
-def _child_payload(record: RunRecord) -> str:
+def _child_payload(record: RunRecord, workflow: str) -> str:
     info: dict[str, Any] = {"id": record.id, "status": record.status}
-    if record.status == "completed":
+    if record.workflow != workflow:
+        info["status"] = "failed"
+        info["error"] = {
+            "type": "ConfigurationError",
+            "message": f"child id {record.id!r} already belongs to a run of workflow "
+            f"{record.workflow!r}, not {workflow!r}; choose another id",
+        }
+    elif record.status == "completed":
         info["result"] = record.result
     else:
         info["error"] = json.loads(record.error or "{}")

@@ -85,21 +85,27 @@ async def execute(
         return success_entry(call, result, clock(), limit), None
     except PayloadError as exc:
         return failure_entry(call, exc, clock()), None
-    except Exception as exc:  # noqa: BLE001 - a step's error is data
-        now = clock()
+    except asyncio.CancelledError:
+        raise  # the caller tells its own cancellation from the step's
+    except BaseException as exc:  # noqa: BLE001 - a step's error is data, even SystemExit
         if not call.retry.retries(call.attempt, exc):
-            return failure_entry(call, exc, now), None
-        next_at = now + call.retry.delay(call.attempt)
-        retry = StepCall(
-            call.position,
-            call.name,
-            call.fn,
-            call.args,
-            call.kwargs,
-            call.retry,
-            call.timeout,
-            call.loc,
-            attempt=call.attempt + 1,
-            not_before=next_at,
-        )
-        return attempt_entry(call, exc, now, next_at), retry
+            return failure_entry(call, exc, clock()), None
+        return retry_entries(call, exc, clock())
+
+
+def retry_entries(call: StepCall, error: BaseException, now: float) -> tuple[Entry, StepCall]:
+    """The ``attempt`` entry of a failed attempt, and the call of the next one."""
+    next_at = now + call.retry.delay(call.attempt)
+    retry = StepCall(
+        call.position,
+        call.name,
+        call.fn,
+        call.args,
+        call.kwargs,
+        call.retry,
+        call.timeout,
+        call.loc,
+        attempt=call.attempt + 1,
+        not_before=next_at,
+    )
+    return attempt_entry(call, error, now, next_at), retry

@@ -81,6 +81,7 @@ class Worker:
         self._watching: set[str] = set()
         self._subscribe_local = subscribe_local
         self.drivers: dict[str, RunDriver] = {}
+        self._claiming: asyncio.Future[list[RunRecord]] | None = None
         self._stopping = False
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -133,19 +134,31 @@ class Worker:
                 await task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
+        if self._claiming is not None:  # a claim committed while we stopped: drive it
+            try:
+                for record in await self._claiming:
+                    self._spawn(record)
+            except Exception:  # noqa: BLE001 - nothing was claimed then
+                pass
+        held = set(self.drivers)
         for driver in list(self.drivers.values()):
             driver.drain()
-        pending = [d.task for d in self.drivers.values() if d.task is not None]
+        pending = {d.task: d for d in self.drivers.values() if d.task is not None}
         if pending:
-            _, still = await asyncio.wait(pending, timeout=drain_timeout)
+            _, still = await asyncio.wait(list(pending), timeout=drain_timeout)
             for task in still:
+                # A step is still executing. Async steps are cancelled with the
+                # driver; a step on a thread cannot be, so that run's lease is
+                # left to lapse rather than handing it to another worker while
+                # the thread may still be doing its work here.
+                if pending[task].steps_on_threads():
+                    held.discard(pending[task].run_id)
                 task.cancel()
             if still:
                 await asyncio.wait(still, timeout=2.0)
-        held = list(self.drivers)
         if held:
             try:
-                await self.io(self.storage.release, self.id, held, self.clock())
+                await self.io(self.storage.release, self.id, sorted(held), self.clock())
             except Exception as exc:  # noqa: BLE001 - their leases lapse instead
                 log.warning("could not release %d runs: %s", len(held), exc)
         for unsubscribe in self._unsubscribe:
@@ -160,11 +173,21 @@ class Worker:
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.loop.run_in_executor(self.io_threads, fn, *args)
 
-    def driver_done(self, driver: RunDriver) -> None:
+    def driver_done(self, driver: RunDriver, *, release: bool = False) -> None:
+        """A driver ended; ``release`` hands its run back (it failed unexpectedly)."""
         if self.drivers.get(driver.run_id) is driver:
             del self.drivers[driver.run_id]
+        if release and not self._stopping:
+            self.loop.create_task(self._release_quietly(driver.run_id))
         if not self._stopping:
             self._wake.set()
+
+    async def _release_quietly(self, run_id: str) -> None:
+        # If this fails too, the lease lapses: the run is no longer renewed.
+        try:
+            await self.io(self.storage.release, self.id, [run_id], self.clock())
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not hand back run %s: %s", run_id, exc)
 
     def run_ended(self, run_id: str) -> None:
         if self._publish is not None:
@@ -218,6 +241,7 @@ class Worker:
     # -- loops -----------------------------------------------------------------
     async def _claim_loop(self) -> None:
         names = sorted(self.workflows)
+        versions = [f"{name}@{self.workflows[name].version}" for name in names]
         backoff = 0.1
         while not self._stopping:
             try:
@@ -226,14 +250,21 @@ class Worker:
                 want = min(room, CLAIM_BATCH)
                 claimed: list[RunRecord] = []
                 if want > 0:
-                    claimed = await self.io(
-                        self.storage.claim,
-                        self.id,
-                        names,
-                        want,
-                        self.clock(),
-                        self.lease_seconds,
+                    # Shielded: if we are stopped meanwhile, stop() drives (and
+                    # hands back) what the claim took instead of orphaning it.
+                    self._claiming = asyncio.ensure_future(
+                        self.io(
+                            self.storage.claim,
+                            self.id,
+                            names,
+                            want,
+                            self.clock(),
+                            self.lease_seconds,
+                            versions,
+                        )
                     )
+                    claimed = await asyncio.shield(self._claiming)
+                    self._claiming = None
                     for record in claimed:
                         self._spawn(record)
                 backoff = 0.1
@@ -241,7 +272,7 @@ class Worker:
                     continue  # there may be more
                 timeout = self.poll_interval
                 if room > len(claimed):
-                    due = await self.io(self.storage.next_due, names, self.clock())
+                    due = await self.io(self.storage.next_due, names, self.clock(), versions)
                     if due is not None:
                         timeout = min(timeout, max(due - self.clock(), 0.05))
                 try:
@@ -258,7 +289,13 @@ class Worker:
 
     def _spawn(self, record: RunRecord) -> None:
         spec = self.workflows.get(record.workflow)
-        if spec is None or record.id in self.drivers:
+        if spec is None:
+            return
+        running = self.drivers.get(record.id)
+        if running is not None:
+            # We re-claimed a run we still drive (its lease lapsed while our
+            # renewals failed): keep driving it under the new claim.
+            running.adopt(record.epoch)
             return
         self.claimed_total += 1
         driver = RunDriver(self, record, spec)
@@ -314,7 +351,8 @@ class Worker:
             if not self.drivers:
                 continue
             try:
-                await self.io(self.storage.renew, self.id, self.clock(), self.lease_seconds)
+                held = list(self.drivers)
+                await self.io(self.storage.renew, self.id, held, self.clock(), self.lease_seconds)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - commits are fenced anyway

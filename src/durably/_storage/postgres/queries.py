@@ -56,15 +56,18 @@ CLAIM = f"""
 WITH fresh AS (
     SELECT id FROM durably.runs
     WHERE status = 'pending' AND workflow = ANY(%(wfs)s)
+       AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))
     ORDER BY created_at LIMIT %(n)s FOR UPDATE SKIP LOCKED
 ), due AS (
     SELECT id FROM durably.runs
     WHERE status = 'suspended' AND wake_at <= %(now)s AND workflow = ANY(%(wfs)s)
+       AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))
       AND (owner IS NULL OR lease_until < %(now)s)
     ORDER BY wake_at LIMIT %(n)s FOR UPDATE SKIP LOCKED
 ), lapsed AS (
     SELECT id FROM durably.runs
     WHERE status = 'running' AND lease_until < %(now)s AND workflow = ANY(%(wfs)s)
+       AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))
     ORDER BY lease_until LIMIT %(n)s FOR UPDATE SKIP LOCKED
 ), chosen AS (
     SELECT id FROM (
@@ -101,6 +104,7 @@ SET status = COALESCE(%(status)s, status),
     finished_at = CASE WHEN %(status)s IN ('completed', 'failed', 'cancelled')
                        THEN %(now)s ELSE finished_at END,
     version = COALESCE(%(version)s, version),
+    pinned = CASE WHEN %(pin)s THEN true ELSE pinned END,
     updated_at = %(now)s
 WHERE id = %(id)s
 """
@@ -109,21 +113,28 @@ NOTIFY = "SELECT pg_notify(%s, %s)"
 
 RENEW = """
 UPDATE durably.runs SET lease_until = %s
-WHERE owner = %s AND status IN ('running', 'suspended')
+WHERE owner = %s AND status IN ('running', 'suspended') AND id = ANY(%s)
 """
 
 RELEASE = """
-UPDATE durably.runs SET owner = NULL, updated_at = %s,
-    lease_until = CASE WHEN status = 'running' THEN 0 ELSE NULL END
-WHERE owner = %s AND id = ANY(%s)
+WITH released AS (
+    UPDATE durably.runs SET owner = NULL, updated_at = %s,
+        lease_until = CASE WHEN status = 'running' THEN 0 ELSE NULL END
+    WHERE owner = %s AND id = ANY(%s)
+    RETURNING workflow, status
+)
+SELECT pg_notify('durably_work', workflow)
+FROM (SELECT DISTINCT workflow FROM released WHERE status = 'running') w
 """
 
 NEXT_DUE = """
 SELECT LEAST(
     (SELECT MIN(wake_at) FROM durably.runs
-     WHERE status = 'suspended' AND workflow = ANY(%(wfs)s)),
+     WHERE status = 'suspended' AND workflow = ANY(%(wfs)s)
+       AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))),
     (SELECT MIN(lease_until) FROM durably.runs
-     WHERE status = 'running' AND workflow = ANY(%(wfs)s)))
+     WHERE status = 'running' AND workflow = ANY(%(wfs)s)
+       AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))))
 """
 
 GET_STATUS_FOR_UPDATE = "SELECT status FROM durably.runs WHERE id = %s FOR UPDATE"

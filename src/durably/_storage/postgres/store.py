@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from ..._engine.journal import Entry
-from ..._errors import ConfigurationError, DatabaseError, RunNotFound
+from ..._errors import ConfigurationError, DatabaseError, DatabaseUnavailable, RunNotFound
 from ..base import (
     CHANNEL_CANCEL,
     CHANNEL_DONE,
@@ -36,6 +36,7 @@ from ..common import (
     SCHEMA_KEY,
     Listeners,
     cancelled_error,
+    check_consumed,
     check_open,
     check_version,
     filter_sql,
@@ -102,7 +103,7 @@ class PostgresStorage(Storage):
                 psycopg.connect(self._conninfo, connect_timeout=10).close()
                 self._pool.open(wait=True, timeout=10.0)
             except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-                raise DatabaseError(self._unreachable(exc)) from None
+                raise DatabaseUnavailable(self._unreachable(exc)) from None
             self._opened = True
 
     def _unreachable(self, exc: Exception) -> str:
@@ -120,9 +121,9 @@ class PostgresStorage(Storage):
             with self._pool.connection(timeout=30.0) as conn:
                 yield conn
         except psycopg_pool.PoolTimeout as exc:
-            raise DatabaseError(self._unreachable(exc)) from None
+            raise DatabaseUnavailable(self._unreachable(exc)) from None
         except psycopg.OperationalError as exc:
-            raise DatabaseError(self._unreachable(exc)) from None
+            raise DatabaseUnavailable(self._unreachable(exc)) from None
         except psycopg.Error as exc:
             raise DatabaseError(f"{self._where}: {type(exc).__name__}: {exc}") from exc
 
@@ -136,7 +137,7 @@ class PostgresStorage(Storage):
         try:
             probe = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
         except psycopg.OperationalError as exc:
-            raise DatabaseError(self._unreachable(exc)) from None
+            raise DatabaseUnavailable(self._unreachable(exc)) from None
         except psycopg.ProgrammingError as exc:
             raise ConfigurationError(f"{self._where}: bad connection URL ({exc})") from None
         steps = migrations("durably._storage.postgres")
@@ -219,6 +220,7 @@ class PostgresStorage(Storage):
         limit: int,
         now: float,
         lease_seconds: float,
+        versions: Sequence[str] = (),
     ) -> list[RunRecord]:
         if not workflows or limit <= 0:
             return []
@@ -228,6 +230,7 @@ class PostgresStorage(Storage):
             "now": now,
             "n": limit,
             "wfs": list(workflows),
+            "wvs": list(versions),
         }
         with self._conn() as conn:
             rows = conn.execute(q.CLAIM, params).fetchall()
@@ -246,6 +249,7 @@ class PostgresStorage(Storage):
                     cur.execute(q.INSERT_ENTRIES, columns)
                 if part.consumed:
                     cur.executemany(q.CONSUME_SIGNAL, part.consumed)
+                    check_consumed(cur.rowcount, part)
                 if part.events:
                     cur.executemany(q.UPSERT_EVENT, part.events)
                 if part.children:
@@ -262,26 +266,39 @@ class PostgresStorage(Storage):
                 if part.ended:
                     cur.execute(q.WAKE_PARENTS, (now, part.ended))
                 notes = [(CHANNEL_DONE, run_id) for run_id in part.ended]
+                notes += [  # handed back (a worker stopping): others may take them now
+                    (CHANNEL_WORK, u["id"])
+                    for u in part.updates
+                    if u["release"] and u["status"] == "running"
+                ]
                 notes += [(CHANNEL_EVENT, run_id) for run_id in sorted({e[0] for e in part.events})]
                 notes += [(CHANNEL_WORK, wf) for wf in sorted({c.workflow for c in part.children})]
                 if notes:
                     cur.executemany(q.NOTIFY, notes)
         return part.rejected
 
-    def renew(self, worker_id: str, now: float, lease_seconds: float) -> int:
+    def renew(
+        self, worker_id: str, run_ids: Sequence[str], now: float, lease_seconds: float
+    ) -> int:
+        if not run_ids:
+            return 0
         with self._conn() as conn:
-            return conn.execute(q.RENEW, (now + lease_seconds, worker_id)).rowcount
+            params = (now + lease_seconds, worker_id, list(run_ids))
+            return conn.execute(q.RENEW, params).rowcount
 
     def release(self, worker_id: str, run_ids: Sequence[str], now: float) -> None:
         if run_ids:
             with self._conn() as conn:
                 conn.execute(q.RELEASE, (now, worker_id, list(run_ids)))
 
-    def next_due(self, workflows: Sequence[str], now: float) -> float | None:
+    def next_due(
+        self, workflows: Sequence[str], now: float, versions: Sequence[str] = ()
+    ) -> float | None:
         if not workflows:
             return None
         with self._conn() as conn:
-            row = conn.execute(q.NEXT_DUE, {"wfs": list(workflows)}).fetchone()
+            params = {"wfs": list(workflows), "wvs": list(versions)}
+            row = conn.execute(q.NEXT_DUE, params).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
     def set_status(

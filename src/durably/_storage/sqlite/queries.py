@@ -37,16 +37,22 @@ FROM durably_journal WHERE run_id = ? ORDER BY seq
 """
 
 
-def workflow_params(workflows: list[str]) -> dict[str, str]:
-    return {f"wf{i}": w for i, w in enumerate(workflows)}
+def workflow_params(workflows: list[str], versions: list[str] = []) -> dict[str, str]:  # noqa: B006
+    params = {f"wf{i}": w for i, w in enumerate(workflows)}
+    params.update({f"wv{i}": v for i, v in enumerate(versions)})
+    return params
 
 
-def _wf_list(n_workflows: int) -> str:
-    return ", ".join(f":wf{i}" for i in range(n_workflows))
+def _runnable(n_workflows: int, n_versions: int) -> str:
+    """Runs of these workflows, leaving out runs pinned to a version we lack."""
+    names = ", ".join(f":wf{i}" for i in range(n_workflows))
+    versions = ", ".join(f":wv{i}" for i in range(n_versions))
+    pinned = f"workflow || '@' || version IN ({versions})" if n_versions else "0"
+    return f"workflow IN ({names}) AND (pinned = 0 OR {pinned})"
 
 
-def claim(n_workflows: int) -> str:
-    wf = _wf_list(n_workflows)
+def claim(n_workflows: int, n_versions: int = 0) -> str:
+    wf = _runnable(n_workflows, n_versions)
     return f"""
 UPDATE durably_runs
 SET owner = :me, epoch = epoch + 1, lease_until = :lease, status = 'running',
@@ -54,18 +60,18 @@ SET owner = :me, epoch = epoch + 1, lease_until = :lease, status = 'running',
 WHERE id IN (
     SELECT id FROM (
         SELECT id FROM durably_runs
-        WHERE status = 'pending' AND workflow IN ({wf})
+        WHERE status = 'pending' AND {wf}
         ORDER BY created_at LIMIT :n)
     UNION ALL
     SELECT id FROM (
         SELECT id FROM durably_runs
-        WHERE status = 'suspended' AND wake_at <= :now AND workflow IN ({wf})
+        WHERE status = 'suspended' AND wake_at <= :now AND {wf}
           AND (owner IS NULL OR lease_until < :now)
         ORDER BY wake_at LIMIT :n)
     UNION ALL
     SELECT id FROM (
         SELECT id FROM durably_runs
-        WHERE status = 'running' AND lease_until < :now AND workflow IN ({wf})
+        WHERE status = 'running' AND lease_until < :now AND {wf}
         ORDER BY lease_until LIMIT :n)
     LIMIT :n)
 RETURNING {RUN_COLUMNS}
@@ -97,13 +103,17 @@ SET status = COALESCE(:status, status),
     finished_at = CASE WHEN :status IN ('completed', 'failed', 'cancelled')
                        THEN :now ELSE finished_at END,
     version = COALESCE(:version, version),
+    pinned = CASE WHEN :pin THEN 1 ELSE pinned END,
     updated_at = :now
 WHERE id = :id
 """
 
-RENEW = """
-UPDATE durably_runs SET lease_until = ? WHERE owner = ? AND status IN ('running', 'suspended')
-"""
+
+def renew(n_ids: int) -> str:
+    return (
+        "UPDATE durably_runs SET lease_until = ? WHERE owner = ? "
+        "AND status IN ('running', 'suspended') AND id IN (" + ", ".join("?" * n_ids) + ")"
+    )
 
 
 def release(n_ids: int) -> str:
@@ -114,15 +124,15 @@ def release(n_ids: int) -> str:
     )
 
 
-def next_due(n_workflows: int) -> str:
-    wf = _wf_list(n_workflows)
+def next_due(n_workflows: int, n_versions: int = 0) -> str:
+    wf = _runnable(n_workflows, n_versions)
     return f"""
 SELECT MIN(t) FROM (
     SELECT MIN(wake_at) AS t FROM durably_runs
-    WHERE status = 'suspended' AND workflow IN ({wf})
+    WHERE status = 'suspended' AND {wf}
     UNION ALL
     SELECT MIN(lease_until) AS t FROM durably_runs
-    WHERE status = 'running' AND workflow IN ({wf})
+    WHERE status = 'running' AND {wf}
 )
 """
 

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..._engine.journal import Entry
-from ..._errors import ConfigurationError, DatabaseError, RunNotFound
+from ..._errors import ConfigurationError, DatabaseError, DatabaseUnavailable, RunNotFound
 from ..base import (
     Listener,
     NewRun,
@@ -38,6 +38,7 @@ from ..common import (
     SCHEMA_KEY,
     Listeners,
     cancelled_error,
+    check_consumed,
     check_open,
     check_version,
     filter_sql,
@@ -165,7 +166,7 @@ class SQLiteStorage(Storage):
                 if not _is_busy(exc):
                     raise DatabaseError(f"{self.url}: {exc}") from exc
                 if time.monotonic() > deadline:
-                    raise DatabaseError(
+                    raise DatabaseUnavailable(
                         f"{self.url}: still busy after {_BUSY_GIVE_UP:.0f}s of "
                         "retrying; another process holds a write lock"
                     ) from exc
@@ -259,16 +260,17 @@ class SQLiteStorage(Storage):
         limit: int,
         now: float,
         lease_seconds: float,
+        versions: Sequence[str] = (),
     ) -> list[RunRecord]:
         if not workflows or limit <= 0:
             return []
-        sql = q.claim(len(workflows))
+        sql = q.claim(len(workflows), len(versions))
         params: dict[str, Any] = {
             "me": worker_id,
             "lease": now + lease_seconds,
             "now": now,
             "n": limit,
-            **q.workflow_params(list(workflows)),
+            **q.workflow_params(list(workflows), list(versions)),
         }
 
         def tx(conn: sqlite3.Connection) -> list[RunRecord]:
@@ -291,7 +293,8 @@ class SQLiteStorage(Storage):
                 if part.entries:
                     conn.executemany(q.INSERT_ENTRY, part.entries)
                 if part.consumed:
-                    conn.executemany(q.CONSUME_SIGNAL, part.consumed)
+                    taken = conn.executemany(q.CONSUME_SIGNAL, part.consumed).rowcount
+                    check_consumed(taken, part)
                 if part.events:
                     conn.executemany(q.UPSERT_EVENT, part.events)
                 if part.children:
@@ -311,12 +314,20 @@ class SQLiteStorage(Storage):
 
         return self._retry(tx)
 
-    def renew(self, worker_id: str, now: float, lease_seconds: float) -> int:
-        def tx(conn: sqlite3.Connection) -> int:
-            with self._write(conn):
-                return conn.execute(q.RENEW, (now + lease_seconds, worker_id)).rowcount
+    def renew(
+        self, worker_id: str, run_ids: Sequence[str], now: float, lease_seconds: float
+    ) -> int:
+        ids = list(run_ids)
 
-        return self._retry(tx)
+        def tx(conn: sqlite3.Connection) -> int:
+            renewed = 0
+            with self._write(conn):
+                for chunk in _chunks(ids):
+                    params = [now + lease_seconds, worker_id, *chunk]
+                    renewed += conn.execute(q.renew(len(chunk)), params).rowcount
+            return renewed
+
+        return self._retry(tx) if ids else 0
 
     def release(self, worker_id: str, run_ids: Sequence[str], now: float) -> None:
         ids = list(run_ids)
@@ -329,11 +340,13 @@ class SQLiteStorage(Storage):
         if ids:
             self._retry(tx)
 
-    def next_due(self, workflows: Sequence[str], now: float) -> float | None:
+    def next_due(
+        self, workflows: Sequence[str], now: float, versions: Sequence[str] = ()
+    ) -> float | None:
         if not workflows:
             return None
-        sql = q.next_due(len(workflows))
-        params = q.workflow_params(list(workflows))
+        sql = q.next_due(len(workflows), len(versions))
+        params = q.workflow_params(list(workflows), list(versions))
         row = self._retry(lambda c: c.execute(sql, params).fetchone())
         return None if row is None or row[0] is None else float(row[0])
 
