@@ -194,3 +194,16 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+    """Await until ``predicate()`` is truthy (for tests on the event loop)."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"condition not reached within {timeout}s")

@@ -10,15 +10,7 @@ from collections.abc import Callable
 import pytest
 
 import durably
-
-
-async def _until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
+from conftest import eventually
 
 
 def kinds(app: durably.App, run_id: str) -> list[tuple[str, str]]:
@@ -42,7 +34,7 @@ async def test_cancel_during_a_sleep_runs_compensation(
 
     async with app.worker():
         handle = await app.start(booking, id="b-1")
-        await _until(lambda: handle.status_sync() == "suspended")
+        await eventually(lambda: handle.status_sync() == "suspended")
         await handle.cancel()
         with pytest.raises(durably.WorkflowCancelled, match="was cancelled"):
             await handle.result(timeout=20)
@@ -117,8 +109,8 @@ async def test_cancel_while_waiting_for_a_signal_and_sync_workflows(
     async with app.worker() as worker:
         a = await app.start(waiter)
         b = await app.start(sync_sleeper)
-        await _until(lambda: a.status_sync() == b.status_sync() == "suspended")
-        await _until(lambda: not worker.drivers)
+        await eventually(lambda: a.status_sync() == b.status_sync() == "suspended")
+        await eventually(lambda: not worker.drivers)
         await a.cancel()
         await b.cancel(reason="user asked")
         with pytest.raises(durably.WorkflowCancelled):
@@ -143,7 +135,7 @@ async def test_cancelled_run_that_returns_after_compensating_is_still_cancelled(
 
     async with app.worker():
         handle = await app.start(swallow)
-        await _until(lambda: handle.status_sync() == "suspended")
+        await eventually(lambda: handle.status_sync() == "suspended")
         await handle.cancel()
         with pytest.raises(durably.WorkflowCancelled):
             await handle.result(timeout=20)
@@ -193,8 +185,8 @@ async def test_cancelling_a_parent_cancels_its_children(
 
     async with app.worker():
         handle = await app.start(parent, id="dad")
-        await _until(lambda: app.storage.get_run("kid") is not None)
-        await _until(lambda: app.get_handle("kid").status_sync() == "suspended")
+        await eventually(lambda: app.storage.get_run("kid") is not None)
+        await eventually(lambda: app.get_handle("kid").status_sync() == "suspended")
         await handle.cancel()
         with pytest.raises(durably.WorkflowCancelled):
             await handle.result(timeout=20)

@@ -20,17 +20,8 @@ from typing import Any
 import pytest
 
 import durably
+from conftest import eventually
 from durably._errors import DatabaseError
-
-
-async def _wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
-
 
 # -- 1. a failed group commit strands its runs -----------------------------------
 
@@ -76,7 +67,7 @@ async def test_transient_commit_failure_does_not_strand_the_run(
         await app.start(keeper_flow, id="keeper")  # keeps the worker's renew loop busy
         await asyncio.sleep(0.2)
         handle = await app.start(victim_flow, id="victim")
-        await _wait_for(lambda: failed)
+        await eventually(lambda: failed)
         try:
             assert await handle.result(timeout=3.0) == "ok"
         finally:
@@ -301,7 +292,7 @@ async def test_stop_hands_back_runs_whose_steps_outlast_the_drain(
     worker = app._make_worker(10)
     await worker.start()
     await app.start(flow, id="stubborn")
-    await _wait_for(
+    await eventually(
         lambda: "stubborn" in worker.drivers and bool(worker.drivers["stubborn"]._active)
     )
     await worker.stop(drain_timeout=0.3)
@@ -427,7 +418,7 @@ async def test_new_version_that_diverges_leaves_the_run_pinned_not_failed(
 
     async with old.worker():
         handle = await old.start(flow_v1, id="pinned")
-        await _wait_for(lambda: handle.status_sync() == "suspended")
+        await eventually(lambda: handle.status_sync() == "suspended")
 
     new = make_app("versions", suspend_after=0.1)
 
@@ -469,7 +460,7 @@ async def test_wait_timeout_never_fires_early_by_the_workers_clock(
 
     async with app.worker():
         handle = await app.start(flow, id="early-timeout")
-        await _wait_for(lambda: handle.status_sync() == "suspended")
+        await eventually(lambda: handle.status_sync() == "suspended")
         offset[0] = -3.0  # NTP steps the clock back
         result = await handle.result(timeout=10)
     assert result["after"] >= result["started"] + 1.0, (
@@ -522,7 +513,7 @@ async def test_a_signal_is_delivered_to_one_wait_only(
 
     async with app.worker():
         handle = await app.start(inbox, id="inbox")
-        await _wait_for(lambda: handle.status_sync() == "suspended")
+        await eventually(lambda: handle.status_sync() == "suspended")
         await asyncio.sleep(0.5)
         await app.signal("inbox", "msg", "a")
         await asyncio.sleep(0.45)  # "a" is being committed as consumed right now

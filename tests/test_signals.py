@@ -10,15 +10,7 @@ from datetime import timedelta
 import pytest
 
 import durably
-
-
-async def _until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
+from conftest import eventually
 
 
 async def test_signal_sent_before_the_run_started_is_delivered(
@@ -76,8 +68,8 @@ async def test_waiting_run_is_suspended_out_of_memory_and_woken_by_a_signal(
     async with app.worker() as worker:
         a = await app.start(waiter, id="w-async")
         b = await app.start(sync_waiter, id="w-sync")
-        await _until(lambda: a.status_sync() == b.status_sync() == "suspended")
-        await _until(lambda: not worker.drivers)  # nothing left in memory
+        await eventually(lambda: a.status_sync() == b.status_sync() == "suspended")
+        await eventually(lambda: not worker.drivers)  # nothing left in memory
         record = app.storage.get_run("w-async")
         assert record is not None and record.owner is None and record.wake_at is None
         await app.signal("w-async", "go", "A")
@@ -97,7 +89,7 @@ async def test_signal_while_the_run_is_held_in_memory(
 
     async with app.worker() as worker:
         handle = await app.start(waiter)
-        await _until(lambda: handle.status_sync() == "suspended")
+        await eventually(lambda: handle.status_sync() == "suspended")
         claims = worker.claimed_total
         await app.signal(handle.id, "go", [1, 2])
         assert await handle.result(timeout=20) == [1, 2]

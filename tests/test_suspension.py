@@ -7,15 +7,7 @@ import time
 from collections.abc import Callable
 
 import durably
-
-
-async def _wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
+from conftest import eventually
 
 
 async def test_sleeping_run_is_suspended_and_leaves_memory(
@@ -37,8 +29,8 @@ async def test_sleeping_run_is_suspended_and_leaves_memory(
         a = await app.start(nap, id="nap-async")
         b = await app.start(sync_nap, id="nap-sync")
         started = time.monotonic()
-        await _wait_for(lambda: a.status_sync() == b.status_sync() == "suspended")
-        await _wait_for(lambda: not worker.drivers)  # nothing of them left in memory
+        await eventually(lambda: a.status_sync() == b.status_sync() == "suspended")
+        await eventually(lambda: not worker.drivers)  # nothing of them left in memory
         assert time.monotonic() - started < 1.5  # well before the timers are due
         record = app.storage.get_run("nap-async")
         assert record is not None and record.owner is None and record.wake_at is not None
@@ -59,7 +51,7 @@ async def test_short_sleep_stays_in_memory_but_reads_suspended(
 
     async with app.worker() as worker:
         handle = await app.start(blink, id="blink")
-        await _wait_for(lambda: handle.status_sync() == "suspended")
+        await eventually(lambda: handle.status_sync() == "suspended")
         seen.append(handle.status_sync())
         assert "blink" in worker.drivers  # within the grace period it stays here
         claims = worker.claimed_total
@@ -87,11 +79,11 @@ async def test_long_backoff_suspends_until_the_next_attempt(
 
     async with app.worker() as worker:
         handle = await app.start(flow, id="backoff")
-        await _wait_for(lambda: handle.status_sync() == "suspended")
+        await eventually(lambda: handle.status_sync() == "suspended")
         record = app.storage.get_run("backoff")
         assert record is not None and record.wake_at is not None
         assert abs(record.wake_at - (attempts[0] + 1.0)) < 0.5
-        await _wait_for(lambda: not worker.drivers)
+        await eventually(lambda: not worker.drivers)
         assert await handle.result(timeout=20) == "recovered"
     assert attempts[1] - attempts[0] >= 1.0
 

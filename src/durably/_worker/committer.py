@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import DatabaseUnavailable
+from .._faults import fault
 from .._storage.base import RunWrite, Storage
 
 log = logging.getLogger("durably.worker")
@@ -77,9 +78,11 @@ class Committer:
     def _commit(self, batch: list[tuple[RunWrite, asyncio.Future[bool]]]) -> None:
         result: set[str] | BaseException
         try:
+            fault("commit.before")
             result = self._storage.commit(
                 self._worker_id, [write for write, _ in batch], self._clock()
             )
+            fault("commit.after")
         except DatabaseUnavailable as exc:
             log.warning("group commit of %d writes failed: %s", len(batch), exc)
             result = CommitFailed(str(exc))

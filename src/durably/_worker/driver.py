@@ -31,6 +31,7 @@ from .._engine.instance import (
 )
 from .._engine.journal import CANCEL_POSITION, Entry, History, Kind
 from .._errors import describe_exception
+from .._faults import fault
 from .._storage.base import TERMINAL, NewRun, RunRecord, RunUpdate, RunWrite, Signal
 from . import steps
 
@@ -184,6 +185,7 @@ class RunDriver:
     # -- main loop -------------------------------------------------------------
     async def _run(self) -> None:
         entries = await self.worker.io(self.worker.storage.load_journal, self.run_id)
+        fault("replay.before")
         history = History(entries)
         self._seq = history.next_seq
         info = RunInfo(
@@ -198,6 +200,7 @@ class RunDriver:
                 info, self.record.args, self._loop, self.worker.workflow_threads
             )
             await self.instance.start()
+            fault("replay.after")
         except Exception as exc:  # noqa: BLE001 - e.g. arguments that no longer decode
             outcome = Outcome("failed", error=describe_exception(exc))
             await self._write(RunWrite(self.run_id, self.epoch, [], _ended(outcome)))
@@ -238,6 +241,7 @@ class RunDriver:
             if self._waits.pop(position, None) is None or not instance.wants(position):
                 return
             self._drop_wait_timer(position)
+            fault("signal.deliver", signal.topic)
             entry = Entry(position, Kind.SIGNAL, signal.topic, signal.payload, None, self._clock())
             if await self._complete(entry, batch):
                 self._consumed.add(signal.id)
@@ -257,6 +261,7 @@ class RunDriver:
             known = self._children.pop(record.id, None)
             if known is not None:
                 position, name = known
+                fault("child.done", name)
                 payload = _child_payload(record, name)
                 entry = Entry(position, Kind.CHILD_DONE, name, payload, None, self._clock())
                 await self._complete(entry, batch)
@@ -279,6 +284,7 @@ class RunDriver:
             if timer.fire_at > self._clock():  # the wall clock moved back: never early
                 self._arm(payload, timer.fire_at, timer.name)
                 return
+            fault("timer.fire", timer.name)
             entry = Entry(payload, Kind.FIRED, timer.name, None, None, self._clock())
             await self._complete(entry, batch)
         elif kind == "cancel":
@@ -315,6 +321,7 @@ class RunDriver:
             or self._active
         ):
             return
+        fault("cancel.deliver")
         payload = json.dumps({"reason": instance.cancel_reason})
         entry = Entry(CANCEL_POSITION, Kind.CANCEL, "cancel", payload, None, self._clock())
         self._stamp(entry)

@@ -15,6 +15,7 @@ from .. import _serde
 from .._engine.instance import StepCall, current_step_key
 from .._engine.journal import Entry, Kind
 from .._errors import PayloadError, StepTimeout, describe_exception
+from .._faults import fault
 
 
 def is_async_callable(fn: Any) -> bool:
@@ -81,7 +82,11 @@ async def execute(
 ) -> tuple[Entry, StepCall | None]:
     """One attempt. Returns the entry to journal and, if retrying, the next call."""
     try:
-        result = await run_attempt(call, key, executor, loop)
+        fault("step.before", call.name)
+        try:
+            result = await run_attempt(call, key, executor, loop)
+        finally:
+            fault("step.after_effect", call.name)
         return success_entry(call, result, clock(), limit), None
     except PayloadError as exc:
         return failure_entry(call, exc, clock()), None

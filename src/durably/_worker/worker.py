@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from .._faults import fault
 from .._storage.base import (
     CHANNEL_CANCEL,
     CHANNEL_DONE,
@@ -265,6 +266,8 @@ class Worker:
                     )
                     claimed = await asyncio.shield(self._claiming)
                     self._claiming = None
+                    if claimed:
+                        fault("claim.after")
                     for record in claimed:
                         self._spawn(record)
                 backoff = 0.1
@@ -351,6 +354,7 @@ class Worker:
             if not self.drivers:
                 continue
             try:
+                fault("renew.before")
                 held = list(self.drivers)
                 await self.io(self.storage.renew, self.id, held, self.clock(), self.lease_seconds)
             except asyncio.CancelledError:
