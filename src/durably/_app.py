@@ -19,6 +19,7 @@ from . import _config, _serde
 from ._context import to_seconds
 from ._errors import (
     ConfigurationError,
+    DatabaseUnavailable,
     PayloadError,
     RunNotFound,
     UnknownWorkflowError,
@@ -335,24 +336,20 @@ class App:
         """
         await _in_thread(self.signal_sync, run_id, topic, payload)
 
+    def _event(self, run_id: str, key: str) -> tuple[bool, Any]:
+        value = self.storage.get_event(run_id, key)
+        return value is not None, value
+
     def get_event_sync(
         self, run_id: str, key: str, timeout: float | dt.timedelta | None = None
     ) -> Any:
         """Blocking twin of :meth:`get_event`."""
         limit = None if timeout is None else to_seconds(timeout, "get_event(timeout=...)")
-        deadline = None if limit is None else time.monotonic() + limit
         waiter = self._event_waiter(run_id, None)
-        try:
-            while True:
-                value = self.storage.get_event(run_id, key)
-                if value is not None:
-                    return _serde.decode(value)
-                remaining = _RESULT_POLL if deadline is None else deadline - time.monotonic()
-                if remaining <= 0:
-                    raise WaitTimeout(f"run {run_id!r} set no event {key!r} within {limit}s")
-                waiter.wait_sync(min(remaining, _RESULT_POLL))
-        finally:
-            waiter.close()
+        value = _until_sync(functools.partial(self._event, run_id, key), waiter, limit)
+        if value is None:
+            raise WaitTimeout(f"run {run_id!r} set no event {key!r} within {limit}s")
+        return _serde.decode(value)
 
     async def get_event(
         self, run_id: str, key: str, timeout: float | dt.timedelta | None = None
@@ -363,19 +360,11 @@ class App:
         ``TimeoutError``) after ``timeout`` (seconds or timedelta).
         """
         limit = None if timeout is None else to_seconds(timeout, "get_event(timeout=...)")
-        deadline = None if limit is None else time.monotonic() + limit
         waiter = self._event_waiter(run_id, asyncio.get_running_loop())
-        try:
-            while True:
-                value = await _in_thread(self.storage.get_event, run_id, key)
-                if value is not None:
-                    return _serde.decode(value)
-                remaining = _RESULT_POLL if deadline is None else deadline - time.monotonic()
-                if remaining <= 0:
-                    raise WaitTimeout(f"run {run_id!r} set no event {key!r} within {limit}s")
-                await waiter.wait(min(remaining, _RESULT_POLL))
-        finally:
-            waiter.close()
+        value = await _until(functools.partial(self._event, run_id, key), waiter, limit)
+        if value is None:
+            raise WaitTimeout(f"run {run_id!r} set no event {key!r} within {limit}s")
+        return _serde.decode(value)
 
     def _event_waiter(self, run_id: str, loop: asyncio.AbstractEventLoop | None) -> ChangeWaiter:
         def accept(channel: str, payload: str) -> bool:
@@ -432,35 +421,17 @@ class App:
 
         return ChangeWaiter([storage.subscribe, self._hub.subscribe], accept, loop)
 
+    def _terminal(self, run_id: str) -> tuple[bool, RunRecord]:
+        record = self._record(run_id)
+        return record.status in TERMINAL, record
+
     async def _await_terminal(self, run_id: str, timeout: float | None) -> RunRecord | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
         waiter = self._waiter(run_id, asyncio.get_running_loop())
-        try:
-            while True:
-                record = await self._arecord(run_id)
-                if record.status in TERMINAL:
-                    return record
-                remaining = _RESULT_POLL if deadline is None else deadline - time.monotonic()
-                if remaining <= 0:
-                    return record
-                await waiter.wait(min(remaining, _RESULT_POLL))
-        finally:
-            waiter.close()
+        return await _until(functools.partial(self._terminal, run_id), waiter, timeout)
 
     def _await_terminal_sync(self, run_id: str, timeout: float | None) -> RunRecord | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
         waiter = self._waiter(run_id, None)
-        try:
-            while True:
-                record = self._record(run_id)
-                if record.status in TERMINAL:
-                    return record
-                remaining = _RESULT_POLL if deadline is None else deadline - time.monotonic()
-                if remaining <= 0:
-                    return record
-                waiter.wait_sync(min(remaining, _RESULT_POLL))
-        finally:
-            waiter.close()
+        return _until_sync(functools.partial(self._terminal, run_id), waiter, timeout)
 
     # -- workers -------------------------------------------------------------------
     def _make_worker(self, concurrency: int) -> Worker:
@@ -519,3 +490,54 @@ def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
 async def _in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+
+async def _until(
+    fetch: Callable[[], tuple[bool, T]], waiter: ChangeWaiter, timeout: float | None
+) -> T | None:
+    """Re-check ``fetch`` until it is ready, waking on changes and riding out
+    database outages; on timeout return its last value (or raise the outage)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    value: T | None = None
+    try:
+        while True:
+            error: DatabaseUnavailable | None = None
+            try:
+                ready, value = await _in_thread(fetch)
+            except DatabaseUnavailable as exc:
+                ready, error = False, exc
+            if ready:
+                return value
+            remaining = _RESULT_POLL if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                if error is not None:
+                    raise error
+                return value
+            await waiter.wait(min(remaining, _RESULT_POLL))
+    finally:
+        waiter.close()
+
+
+def _until_sync(
+    fetch: Callable[[], tuple[bool, T]], waiter: ChangeWaiter, timeout: float | None
+) -> T | None:
+    """Blocking twin of :func:`_until`."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    value: T | None = None
+    try:
+        while True:
+            error: DatabaseUnavailable | None = None
+            try:
+                ready, value = fetch()
+            except DatabaseUnavailable as exc:
+                ready, error = False, exc
+            if ready:
+                return value
+            remaining = _RESULT_POLL if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                if error is not None:
+                    raise error
+                return value
+            waiter.wait_sync(min(remaining, _RESULT_POLL))
+    finally:
+        waiter.close()

@@ -19,7 +19,15 @@ class DatabaseError(DurablyError):
 
 
 class DatabaseUnavailable(DatabaseError):
-    """The database cannot be reached (or stays locked) right now; try again later."""
+    """The database cannot be reached (or stays locked) right now; try again later.
+
+    ``reached`` is False when nothing was sent to the database (no connection
+    could be had), so the operation certainly did not happen.
+    """
+
+    def __init__(self, message: str, *, reached: bool = True) -> None:
+        super().__init__(message)
+        self.reached = reached
 
 
 class PayloadError(DurablyError, TypeError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -21,8 +22,12 @@ from typing import Any
 from .._errors import DatabaseUnavailable
 from .._faults import fault
 from .._storage.base import RunWrite, Storage
+from .outage import Outage
 
 log = logging.getLogger("durably.worker")
+
+# How long writes wait for an unreachable database before their runs are dropped.
+OUTAGE_PATIENCE = 300.0
 
 
 class CommitFailed(Exception):
@@ -36,8 +41,10 @@ class Committer:
         worker_id: str,
         clock: Callable[[], float],
         loop: asyncio.AbstractEventLoop,
+        outage: Outage | None = None,
     ) -> None:
         self._storage = storage
+        self._outage = outage or Outage()
         self._worker_id = worker_id
         self._clock = clock
         self._loop = loop
@@ -78,13 +85,9 @@ class Committer:
     def _commit(self, batch: list[tuple[RunWrite, asyncio.Future[bool]]]) -> None:
         result: set[str] | BaseException
         try:
-            fault("commit.before")
-            result = self._storage.commit(
-                self._worker_id, [write for write, _ in batch], self._clock()
-            )
-            fault("commit.after")
+            result = self._commit_riding_out_outages(batch)
         except DatabaseUnavailable as exc:
-            log.warning("group commit of %d writes failed: %s", len(batch), exc)
+            self._outage.failed(f"commit of {len(batch)} writes", exc)
             result = CommitFailed(str(exc))
         except Exception as exc:  # noqa: BLE001 - handed to the waiting drivers
             if len(batch) > 1:
@@ -101,6 +104,34 @@ class Committer:
             self._loop.call_soon_threadsafe(_resolve, batch, result)
         except RuntimeError:  # loop closed: the worker is gone
             pass
+
+    def _commit_riding_out_outages(
+        self, batch: list[tuple[RunWrite, asyncio.Future[bool]]]
+    ) -> set[str]:
+        """Commit; while the database cannot even be reached, wait for it.
+
+        Only a failure that certainly sent nothing is retried: a connection
+        lost mid-transaction leaves it unknown whether the commit happened,
+        and those runs are dropped and replayed instead.
+        """
+        delay = 0.05
+        give_up = time.monotonic() + OUTAGE_PATIENCE
+        while True:
+            try:
+                fault("commit.before")
+                result = self._storage.commit(
+                    self._worker_id, [write for write, _ in batch], self._clock()
+                )
+                fault("commit.after")
+            except DatabaseUnavailable as exc:
+                if exc.reached or self._stopped or time.monotonic() > give_up:
+                    raise
+                self._outage.failed("commit", exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            self._outage.recovered()
+            return result
 
 
 def _resolve(batch: list[tuple[RunWrite, asyncio.Future[bool]]], result: Any) -> None:

@@ -30,10 +30,11 @@ from .._engine.instance import (
     WaitCall,
 )
 from .._engine.journal import CANCEL_POSITION, Entry, History, Kind
-from .._errors import describe_exception
+from .._errors import DatabaseUnavailable, describe_exception
 from .._faults import fault
 from .._storage.base import TERMINAL, NewRun, RunRecord, RunUpdate, RunWrite, Signal
 from . import steps
+from .committer import CommitFailed
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -173,6 +174,9 @@ class RunDriver:
             log.info("run %s: taken over by another worker; dropped here", self.run_id)
         except asyncio.CancelledError:
             pass
+        except (DatabaseUnavailable, CommitFailed) as exc:
+            failed = True  # said once for the whole outage, not once per run
+            self.worker.outage.failed(f"run {self.run_id}", exc)
         except Exception as exc:  # keep the worker alive
             failed = True
             log.warning("run %s: driver stopped: %s", self.run_id, exc, exc_info=True)

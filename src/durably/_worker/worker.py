@@ -33,6 +33,7 @@ from .._storage.base import (
 )
 from .committer import Committer
 from .driver import RunDriver, WorkflowSpec
+from .outage import Outage
 
 log = logging.getLogger("durably.worker")
 T = TypeVar("T")
@@ -82,6 +83,7 @@ class Worker:
         self._watching: set[str] = set()
         self._subscribe_local = subscribe_local
         self.drivers: dict[str, RunDriver] = {}
+        self.outage = Outage()
         self._claiming: asyncio.Future[list[RunRecord]] | None = None
         self._stopping = False
         self._started = False
@@ -104,7 +106,7 @@ class Worker:
             self.concurrency, thread_name_prefix="durably-workflow"
         )
         await self.io(self.storage.migrate)
-        self.committer = Committer(self.storage, self.id, self.clock, self.loop)
+        self.committer = Committer(self.storage, self.id, self.clock, self.loop, self.outage)
         self._unsubscribe.append(self.storage.subscribe(self._notified))
         if self._subscribe_local is not None:
             self._unsubscribe.append(self._subscribe_local(self._notified))
@@ -161,7 +163,7 @@ class Worker:
             try:
                 await self.io(self.storage.release, self.id, sorted(held), self.clock())
             except Exception as exc:  # noqa: BLE001 - their leases lapse instead
-                log.warning("could not release %d runs: %s", len(held), exc)
+                self.outage.failed(f"handing back {len(held)} runs", exc)
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         await self.loop.run_in_executor(None, self.committer.stop)
@@ -188,7 +190,7 @@ class Worker:
         try:
             await self.io(self.storage.release, self.id, [run_id], self.clock())
         except Exception as exc:  # noqa: BLE001
-            log.warning("could not hand back run %s: %s", run_id, exc)
+            self.outage.failed(f"handing back run {run_id}", exc)
 
     def run_ended(self, run_id: str) -> None:
         if self._publish is not None:
@@ -271,6 +273,7 @@ class Worker:
                     for record in claimed:
                         self._spawn(record)
                 backoff = 0.1
+                self.outage.recovered()
                 if claimed and len(claimed) == want:
                     continue  # there may be more
                 timeout = self.poll_interval
@@ -286,7 +289,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - database trouble: back off, retry
-                log.warning("claiming runs failed (%s); retrying in %.1fs", exc, backoff)
+                self.outage.failed("claiming runs", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -319,7 +322,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - next notification or poll retries
-                log.warning("checking signals, children and cancellations failed: %s", exc)
+                self.outage.failed("checking signals, children and cancellations", exc)
             await asyncio.sleep(MIN_CLAIM_GAP)
 
     async def _refresh(self, what: set[str]) -> None:
@@ -360,4 +363,4 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - commits are fenced anyway
-                log.warning("renewing leases failed: %s", exc)
+                self.outage.failed("renewing leases", exc)

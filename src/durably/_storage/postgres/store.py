@@ -57,6 +57,9 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     ) from exc
 
 log = logging.getLogger("durably.storage")
+
+# How long a call waits for a connection before saying the database is down.
+CONNECT_PATIENCE = 10.0
 T = TypeVar("T")
 
 
@@ -103,7 +106,7 @@ class PostgresStorage(Storage):
                 psycopg.connect(self._conninfo, connect_timeout=10).close()
                 self._pool.open(wait=True, timeout=10.0)
             except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-                raise DatabaseUnavailable(self._unreachable(exc)) from None
+                raise DatabaseUnavailable(self._unreachable(exc), reached=False) from None
             self._opened = True
 
     def _unreachable(self, exc: Exception) -> str:
@@ -118,14 +121,24 @@ class PostgresStorage(Storage):
         if not self._opened:
             self._open()
         try:
-            with self._pool.connection(timeout=30.0) as conn:
-                yield conn
-        except psycopg_pool.PoolTimeout as exc:
-            raise DatabaseUnavailable(self._unreachable(exc)) from None
+            handout = self._pool.connection(timeout=CONNECT_PATIENCE)
+            conn = handout.__enter__()
+        except (psycopg_pool.PoolTimeout, psycopg.OperationalError) as exc:
+            # No connection: nothing of the operation reached the server.
+            raise DatabaseUnavailable(self._unreachable(exc), reached=False) from None
+        try:
+            yield conn
         except psycopg.OperationalError as exc:
+            handout.__exit__(type(exc), exc, exc.__traceback__)
             raise DatabaseUnavailable(self._unreachable(exc)) from None
         except psycopg.Error as exc:
+            handout.__exit__(type(exc), exc, exc.__traceback__)
             raise DatabaseError(f"{self._where}: {type(exc).__name__}: {exc}") from exc
+        except BaseException as exc:
+            handout.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        else:
+            handout.__exit__(None, None, None)
 
     def close(self) -> None:
         self._listeners.close()
