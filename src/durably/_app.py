@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import _config, _serde
@@ -90,9 +90,21 @@ class App:
         self._storage: Storage | None = None
         self._storage_lock = threading.Lock()
         self._hub = Hub()
+        self._inline = False  # set by durably.testing's simulator
+        self._recheck = _RESULT_POLL  # seconds between re-reads while waiting
 
     def __repr__(self) -> str:
         return f"App({self.name!r}, database={self.database_url!r})"
+
+    async def _off_loop(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a blocking storage call without blocking the caller's event loop.
+
+        In simulation (``inline``) everything runs on the loop thread instead.
+        """
+        if self._inline:
+            return fn(*args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
     # -- registration ----------------------------------------------------------
     @overload
@@ -303,7 +315,7 @@ class App:
         that long after it starts (overrides the workflow's default).
         """
         run = self._new_run(workflow, args, kwargs, id, deadline)
-        return await _in_thread(self._create, run)
+        return await self._off_loop(self._create, run)
 
     def start_sync(
         self,
@@ -334,7 +346,7 @@ class App:
         run started. Raises :class:`RunNotFound` for an unknown run and
         :class:`RunFinished` for one that already ended.
         """
-        await _in_thread(self.signal_sync, run_id, topic, payload)
+        await self._off_loop(self.signal_sync, run_id, topic, payload)
 
     def _event(self, run_id: str, key: str) -> tuple[bool, Any]:
         value = self.storage.get_event(run_id, key)
@@ -361,7 +373,12 @@ class App:
         """
         limit = None if timeout is None else to_seconds(timeout, "get_event(timeout=...)")
         waiter = self._event_waiter(run_id, asyncio.get_running_loop())
-        value = await _until(functools.partial(self._event, run_id, key), waiter, limit)
+        value = await _until(
+            functools.partial(self._off_loop, self._event, run_id, key),
+            waiter,
+            limit,
+            self._recheck,
+        )
         if value is None:
             raise WaitTimeout(f"run {run_id!r} set no event {key!r} within {limit}s")
         return _serde.decode(value)
@@ -387,7 +404,7 @@ class App:
         its next durable operation, after an executing step finishes). A run
         that never started is cancelled at once; an ended run is left as is.
         """
-        return await _in_thread(self.cancel_sync, run_id, reason)
+        return await self._off_loop(self.cancel_sync, run_id, reason)
 
     def get_handle(self, run_id: str) -> WorkflowHandle:
         """A handle to an existing run (checked when used)."""
@@ -396,7 +413,9 @@ class App:
     async def list_runs(
         self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
     ) -> list[RunRecord]:
-        return await _in_thread(self.list_runs_sync, status=status, workflow=workflow, limit=limit)
+        return await self._off_loop(
+            self.list_runs_sync, status=status, workflow=workflow, limit=limit
+        )
 
     def list_runs_sync(
         self, *, status: str | None = None, workflow: str | None = None, limit: int = 100
@@ -411,7 +430,7 @@ class App:
         return record
 
     async def _arecord(self, run_id: str) -> RunRecord:
-        return await _in_thread(self._record, run_id)
+        return await self._off_loop(self._record, run_id)
 
     def _waiter(self, run_id: str, loop: asyncio.AbstractEventLoop | None) -> ChangeWaiter:
         storage = self.storage
@@ -427,14 +446,19 @@ class App:
 
     async def _await_terminal(self, run_id: str, timeout: float | None) -> RunRecord | None:
         waiter = self._waiter(run_id, asyncio.get_running_loop())
-        return await _until(functools.partial(self._terminal, run_id), waiter, timeout)
+        return await _until(
+            functools.partial(self._off_loop, self._terminal, run_id),
+            waiter,
+            timeout,
+            self._recheck,
+        )
 
     def _await_terminal_sync(self, run_id: str, timeout: float | None) -> RunRecord | None:
         waiter = self._waiter(run_id, None)
         return _until_sync(functools.partial(self._terminal, run_id), waiter, timeout)
 
     # -- workers -------------------------------------------------------------------
-    def _make_worker(self, concurrency: int) -> Worker:
+    def _make_worker(self, concurrency: int, *, inline: bool = False) -> Worker:
         if not self._workflows:
             raise ConfigurationError(
                 f"app {self.name!r} has no workflows: register some with @app.workflow "
@@ -451,6 +475,7 @@ class App:
             clock=self.clock,
             publish=self._hub.publish,
             subscribe_local=self._hub.subscribe,
+            inline=inline,
         )
 
     @contextlib.asynccontextmanager
@@ -487,39 +512,40 @@ def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
     )
 
 
-async def _in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
-
-
 async def _until(
-    fetch: Callable[[], tuple[bool, T]], waiter: ChangeWaiter, timeout: float | None
+    fetch: Callable[[], Awaitable[tuple[bool, T]]],
+    waiter: ChangeWaiter,
+    timeout: float | None,
+    recheck: float = _RESULT_POLL,
 ) -> T | None:
     """Re-check ``fetch`` until it is ready, waking on changes and riding out
     database outages; on timeout return its last value (or raise the outage)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = None if timeout is None else _now() + timeout
     value: T | None = None
     try:
         while True:
             error: DatabaseUnavailable | None = None
             try:
-                ready, value = await _in_thread(fetch)
+                ready, value = await fetch()
             except DatabaseUnavailable as exc:
                 ready, error = False, exc
             if ready:
                 return value
-            remaining = _RESULT_POLL if deadline is None else deadline - time.monotonic()
+            remaining = recheck if deadline is None else deadline - _now()
             if remaining <= 0:
                 if error is not None:
                     raise error
                 return value
-            await waiter.wait(min(remaining, _RESULT_POLL))
+            await waiter.wait(min(remaining, recheck))
     finally:
         waiter.close()
 
 
 def _until_sync(
-    fetch: Callable[[], tuple[bool, T]], waiter: ChangeWaiter, timeout: float | None
+    fetch: Callable[[], tuple[bool, T]],
+    waiter: ChangeWaiter,
+    timeout: float | None,
+    recheck: float = _RESULT_POLL,
 ) -> T | None:
     """Blocking twin of :func:`_until`."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -533,11 +559,16 @@ def _until_sync(
                 ready, error = False, exc
             if ready:
                 return value
-            remaining = _RESULT_POLL if deadline is None else deadline - time.monotonic()
+            remaining = recheck if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 if error is not None:
                     raise error
                 return value
-            waiter.wait_sync(min(remaining, _RESULT_POLL))
+            waiter.wait_sync(min(remaining, recheck))
     finally:
         waiter.close()
+
+
+def _now() -> float:
+    """The running loop's clock (virtual in simulation), for async timeouts."""
+    return asyncio.get_running_loop().time()

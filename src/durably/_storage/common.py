@@ -160,26 +160,28 @@ def missed_wakeup_sql(update: RunUpdate, mark: str) -> tuple[str, list[Any]]:
     return sql, params
 
 
-def wake_missed(
-    part: Partition,
-    now: float,
-    mark: str,
-    tables: dict[str, str],
-    query: Callable[[str, list[Any]], Any],
-) -> None:
+def wake_missed(part: Partition, now: float, missed: Callable[[str, RunUpdate], bool]) -> None:
     """Runs going to sleep whose wake-up already happened are woken at once.
 
     Must run inside the commit's transaction, after signals were consumed and
     before the runs' rows are updated.
     """
-    woken = set()
-    for run_id, update in part.sleepers:
-        sql, args = missed_wakeup_sql(update, mark)
-        if sql and query(sql.format(**tables), [run_id, *args]) is not None:
-            woken.add(run_id)
+    woken = {run_id for run_id, update in part.sleepers if missed(run_id, update)}
     for params in part.updates:
         if params["id"] in woken:
             params["wake_at"] = now
+
+
+def sql_missed(
+    mark: str, tables: dict[str, str], query: Callable[[str, list[Any]], Any]
+) -> Callable[[str, RunUpdate], bool]:
+    """:func:`wake_missed`'s check as one query per sleeping run."""
+
+    def missed(run_id: str, update: RunUpdate) -> bool:
+        sql, args = missed_wakeup_sql(update, mark)
+        return bool(sql) and query(sql.format(**tables), [run_id, *args]) is not None
+
+    return missed
 
 
 def partition(writes: Sequence[RunWrite], owned: Mapping[str, int], now: float) -> Partition:

@@ -134,6 +134,64 @@ class Committer:
             return result
 
 
+class InlineCommitter:
+    """Group commit on the event loop itself, for single-threaded simulation.
+
+    Writes submitted during one pass of the loop are committed together in
+    the next. A crashed simulation worker sets ``dead``: nothing it submitted
+    after that is written or answered.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        worker_id: str,
+        clock: Callable[[], float],
+        loop: asyncio.AbstractEventLoop,
+        outage: Outage | None = None,
+    ) -> None:
+        self._storage = storage
+        self._worker_id = worker_id
+        self._clock = clock
+        self._loop = loop
+        self._queue: list[tuple[RunWrite, asyncio.Future[bool]]] = []
+        self._scheduled = False
+        self.dead = False
+        self.hold_until = 0.0  # a simulated pause: nothing is written before then
+        self.batches = 0
+        self.writes = 0
+
+    def submit(self, write: RunWrite) -> asyncio.Future[bool]:
+        fut: asyncio.Future[bool] = self._loop.create_future()
+        self._queue.append((write, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        if self._loop.time() < self.hold_until:
+            self._loop.call_at(self.hold_until, self._flush)
+            return
+        self._scheduled = False
+        batch, self._queue = self._queue, []
+        if self.dead or not batch:
+            return
+        result: set[str] | BaseException
+        try:
+            result = self._storage.commit(self._worker_id, [w for w, _ in batch], self._clock())
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting drivers
+            result = CommitFailed(str(exc))
+        if self.dead:  # the worker "crashed" during this commit
+            return
+        self.batches += 1
+        self.writes += len(batch)
+        _resolve(batch, result)
+
+    def stop(self) -> None:
+        self.dead = True
+
+
 def _resolve(batch: list[tuple[RunWrite, asyncio.Future[bool]]], result: Any) -> None:
     for write, fut in batch:
         if fut.done():

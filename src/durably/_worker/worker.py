@@ -31,7 +31,7 @@ from .._storage.base import (
     Signal,
     Storage,
 )
-from .committer import Committer
+from .committer import Committer, InlineCommitter
 from .driver import RunDriver, WorkflowSpec
 from .outage import Outage
 
@@ -67,6 +67,7 @@ class Worker:
         clock: Callable[[], float] = time.time,
         publish: Callable[[str, str], None] | None = None,
         subscribe_local: Callable[[Callable[[str, str], None]], Callable[[], None]] | None = None,
+        inline: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -80,6 +81,7 @@ class Worker:
         self.payload_limit = payload_limit
         self.clock = clock
         self._publish = publish
+        self.inline = inline  # simulation: storage calls and commits on the loop thread
         self._watching: set[str] = set()
         self._subscribe_local = subscribe_local
         self.drivers: dict[str, RunDriver] = {}
@@ -106,11 +108,13 @@ class Worker:
             self.concurrency, thread_name_prefix="durably-workflow"
         )
         await self.io(self.storage.migrate)
-        self.committer = Committer(self.storage, self.id, self.clock, self.loop, self.outage)
+        committer = InlineCommitter if self.inline else Committer
+        self.committer = committer(self.storage, self.id, self.clock, self.loop, self.outage)
         self._unsubscribe.append(self.storage.subscribe(self._notified))
         if self._subscribe_local is not None:
             self._unsubscribe.append(self._subscribe_local(self._notified))
         self._watch = asyncio.Event()
+        self._holding = asyncio.Event()  # set while this worker drives runs
         self._tasks = [
             self.loop.create_task(self._claim_loop(), name="durably-claim"),
             self.loop.create_task(self._renew_loop(), name="durably-renew"),
@@ -166,7 +170,10 @@ class Worker:
                 self.outage.failed(f"handing back {len(held)} runs", exc)
         for unsubscribe in self._unsubscribe:
             unsubscribe()
-        await self.loop.run_in_executor(None, self.committer.stop)
+        if self.inline:
+            self.committer.stop()
+        else:
+            await self.loop.run_in_executor(None, self.committer.stop)
         self.io_threads.shutdown(wait=False)
         self.step_threads.shutdown(wait=False)
         self.workflow_threads.shutdown(wait=False)
@@ -174,6 +181,8 @@ class Worker:
 
     # -- helpers for drivers ---------------------------------------------------
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.inline:
+            return fn(*args)
         return await self.loop.run_in_executor(self.io_threads, fn, *args)
 
     def driver_done(self, driver: RunDriver, *, release: bool = False) -> None:
@@ -306,6 +315,7 @@ class Worker:
         self.claimed_total += 1
         driver = RunDriver(self, record, spec)
         self.drivers[record.id] = driver
+        self._holding.set()
         driver.task = self.loop.create_task(driver.run(), name=f"durably-run-{record.id}")
 
     async def _watch_loop(self) -> None:
@@ -353,6 +363,9 @@ class Worker:
     async def _renew_loop(self) -> None:
         period = max(self.lease_seconds / 3.0, 0.05)
         while not self._stopping:
+            if not self.drivers:
+                self._holding.clear()
+                await self._holding.wait()  # idle: no timer ticking at all
             await asyncio.sleep(period)
             if not self.drivers:
                 continue

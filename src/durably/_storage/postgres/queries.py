@@ -66,7 +66,8 @@ WITH fresh AS (
     ORDER BY wake_at LIMIT %(n)s FOR UPDATE SKIP LOCKED
 ), lapsed AS (
     SELECT id FROM durably.runs
-    WHERE status = 'running' AND lease_until < %(now)s AND workflow = ANY(%(wfs)s)
+    WHERE status IN ('running', 'suspended') AND lease_until < %(now)s
+       AND workflow = ANY(%(wfs)s)
        AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))
     ORDER BY lease_until LIMIT %(n)s FOR UPDATE SKIP LOCKED
 ), chosen AS (
@@ -133,7 +134,7 @@ SELECT LEAST(
      WHERE status = 'suspended' AND workflow = ANY(%(wfs)s)
        AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))),
     (SELECT MIN(lease_until) FROM durably.runs
-     WHERE status = 'running' AND workflow = ANY(%(wfs)s)
+     WHERE lease_until IS NOT NULL AND workflow = ANY(%(wfs)s)
        AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))))
 """
 

@@ -44,6 +44,7 @@ from ..common import (
     partition,
     run_row,
     split_statements,
+    sql_missed,
     wake_missed,
 )
 from . import queries as q
@@ -267,13 +268,10 @@ class PostgresStorage(Storage):
                     cur.executemany(q.UPSERT_EVENT, part.events)
                 if part.children:
                     cur.executemany(q.INSERT_CHILD, [run_row(c) for c in part.children])
-                wake_missed(
-                    part,
-                    now,
-                    "%s",
-                    q.TABLES,
-                    lambda sql, params: cur.execute(sql, params).fetchone(),
+                missed = sql_missed(
+                    "%s", q.TABLES, lambda sql, args: cur.execute(sql, args).fetchone()
                 )
+                wake_missed(part, now, missed)
                 if part.updates:
                     cur.executemany(q.UPDATE_RUN, part.updates)
                 if part.ended:

@@ -71,7 +71,7 @@ WHERE id IN (
     UNION ALL
     SELECT id FROM (
         SELECT id FROM durably_runs
-        WHERE status = 'running' AND lease_until < :now AND {wf}
+        WHERE status IN ('running', 'suspended') AND lease_until < :now AND {wf}
         ORDER BY lease_until LIMIT :n)
     LIMIT :n)
 RETURNING {RUN_COLUMNS}
@@ -132,7 +132,7 @@ SELECT MIN(t) FROM (
     WHERE status = 'suspended' AND {wf}
     UNION ALL
     SELECT MIN(lease_until) AS t FROM durably_runs
-    WHERE status = 'running' AND {wf}
+    WHERE lease_until IS NOT NULL AND {wf}
 )
 """
 

@@ -46,6 +46,7 @@ from ..common import (
     partition,
     run_row,
     split_statements,
+    sql_missed,
     wake_missed,
 )
 from . import queries as q
@@ -299,13 +300,10 @@ class SQLiteStorage(Storage):
                     conn.executemany(q.UPSERT_EVENT, part.events)
                 if part.children:
                     conn.executemany(q.INSERT_RUN, [run_row(c) for c in part.children])
-                wake_missed(
-                    part,
-                    now,
-                    "?",
-                    q.TABLES,
-                    lambda sql, params: conn.execute(sql, params).fetchone(),
+                missed = sql_missed(
+                    "?", q.TABLES, lambda sql, args: conn.execute(sql, args).fetchone()
                 )
+                wake_missed(part, now, missed)
                 if part.updates:
                     conn.executemany(q.UPDATE_RUN, part.updates)
                 for chunk in _chunks(part.ended):
