@@ -279,7 +279,9 @@ class Instance:
 
     def check_leftovers(self) -> None:
         """After a replay: journal entries the code never asked for diverge."""
-        if self.outcome is not None and self.outcome.diverged:
+        if self.outcome is not None and (self.outcome.diverged or self.outcome.status == "failed"):
+            # Failing while replaying leaves the rest of the journal unused;
+            # the error that failed it says more than "diverged" would.
             return
         leftover = self.history.pending[0] if self.history.pending else None
         if leftover is None and self.outcome is not None:
