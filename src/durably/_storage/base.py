@@ -178,8 +178,9 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def renew(
         self, worker_id: str, run_ids: Sequence[str], now: float, lease_seconds: float
-    ) -> int:
-        """Extend the leases of these runs, where ``worker_id`` still owns them.
+    ) -> list[str]:
+        """Extend the leases of these runs where ``worker_id`` still owns them;
+        returns the ids it still owns (the others were taken over).
 
         Only runs a worker actually drives are renewed: one it dropped (its
         driver failed) lapses and is taken over.

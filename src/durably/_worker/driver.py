@@ -104,6 +104,7 @@ class RunDriver:
         self._hold: asyncio.TimerHandle | None = None
         self._hold_expired = False
         self._deadline: asyncio.TimerHandle | None = None
+        self.claimed_at = 0.0  # clock() when its lease last began (claim or renewal)
         self._status = "running"  # as last written (a claim sets running)
         self._wake_at: float | None = None
 
@@ -150,6 +151,10 @@ class RunDriver:
         elif record.status in TERMINAL:
             self._post("child_done", record)
 
+    def lost(self) -> None:
+        """Another worker owns the run now (a renewal found it gone)."""
+        self._post("lease_lost", None)
+
     def cancel(self, reason: str) -> None:
         self._post("cancel", reason)
 
@@ -165,6 +170,7 @@ class RunDriver:
         """Our own worker re-claimed this run: write under the new claim."""
         if epoch > self.epoch:
             self.epoch = epoch
+            self.claimed_at = self._clock()
 
     async def run(self) -> None:
         failed = False
@@ -294,6 +300,8 @@ class RunDriver:
         elif kind == "cancel":
             if not instance.done:
                 instance.request_cancel(payload)
+        elif kind == "lease_lost":
+            raise LeaseLost()
         elif kind == "hold_expired":
             self._hold = None
             self._hold_expired = True
@@ -516,8 +524,34 @@ class RunDriver:
         self._executing[call.position] = call
         self._active[call.position] = self._loop.create_task(self._attempt(call))
 
+    async def _still_ours(self) -> bool:
+        """Before an effect: if our lease may have lapsed, renew it or give up."""
+        if self.worker.lease_fresh(self):
+            return True
+        now = self._clock()
+        try:
+            renewed = await self.worker.io(
+                self.worker.storage.renew,
+                self.worker.id,
+                [self.run_id],
+                now,
+                self.worker.lease_seconds,
+            )
+        except Exception as exc:  # noqa: BLE001 - cannot confirm: do not risk it
+            self.worker.outage.failed(f"confirming the lease of run {self.run_id}", exc)
+            return False
+        if renewed:
+            self.claimed_at = now
+        return bool(renewed)
+
     async def _attempt(self, call: StepCall) -> None:
         assert self.instance is not None
+        if not await self._still_ours():
+            # Another worker took the run over while this one stood still: it
+            # must not run a step the other may already have run and recorded.
+            self._active.pop(call.position, None)
+            self._post("lease_lost", None)
+            return
         try:
             entry, retry = await steps.execute(
                 call,

@@ -262,6 +262,7 @@ class Worker:
                 want = min(room, CLAIM_BATCH)
                 claimed: list[RunRecord] = []
                 if want > 0:
+                    claim_began = self.clock()
                     # Shielded: if we are stopped meanwhile, stop() drives (and
                     # hands back) what the claim took instead of orphaning it.
                     self._claiming = asyncio.ensure_future(
@@ -280,7 +281,7 @@ class Worker:
                     if claimed:
                         fault("claim.after")
                     for record in claimed:
-                        self._spawn(record)
+                        self._spawn(record, claim_began)
                 backoff = 0.1
                 self.outage.recovered()
                 if claimed and len(claimed) == want:
@@ -302,7 +303,16 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    def _spawn(self, record: RunRecord) -> None:
+    def lease_fresh(self, driver: RunDriver) -> bool:
+        """Whether ``driver``'s lease certainly still holds by this worker's clock.
+
+        Renewals keep it well inside the lease; a lease this old means this
+        worker stood still (a freeze, a partition) and another may have taken
+        the run over: the driver must check before starting anything new.
+        """
+        return self.clock() < driver.claimed_at + self.lease_seconds * 0.8
+
+    def _spawn(self, record: RunRecord, claimed_at: float | None = None) -> None:
         spec = self.workflows.get(record.workflow)
         if spec is None:
             return
@@ -314,6 +324,7 @@ class Worker:
             return
         self.claimed_total += 1
         driver = RunDriver(self, record, spec)
+        driver.claimed_at = claimed_at if claimed_at is not None else self.clock()
         self.drivers[record.id] = driver
         self._holding.set()
         driver.task = self.loop.create_task(driver.run(), name=f"durably-run-{record.id}")
@@ -372,7 +383,18 @@ class Worker:
             try:
                 fault("renew.before")
                 held = list(self.drivers)
-                await self.io(self.storage.renew, self.id, held, self.clock(), self.lease_seconds)
+                began = self.clock()
+                kept = set(
+                    await self.io(self.storage.renew, self.id, held, began, self.lease_seconds)
+                )
+                for run_id in held:
+                    driver = self.drivers.get(run_id)
+                    if driver is None:
+                        continue
+                    if run_id in kept:
+                        driver.claimed_at = max(driver.claimed_at, began)
+                    elif driver.claimed_at < began:  # not a run claimed meanwhile
+                        driver.lost()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - commits are fenced anyway

@@ -277,9 +277,9 @@ class MemoryStorage(Storage):
 
     def renew(
         self, worker_id: str, run_ids: Sequence[str], now: float, lease_seconds: float
-    ) -> int:
+    ) -> list[str]:
         with self._lock:
-            count = 0
+            renewed = []
             for run_id in run_ids:
                 record = self._runs.get(run_id)
                 if (
@@ -288,8 +288,8 @@ class MemoryStorage(Storage):
                     and record.status in ("running", "suspended")
                 ):
                     record.lease_until = now + lease_seconds
-                    count += 1
-            return count
+                    renewed.append(run_id)
+            return renewed
 
     def release(self, worker_id: str, run_ids: Sequence[str], now: float) -> None:
         with self._lock:

@@ -153,7 +153,7 @@ class _WorkerView:
         self._storage = storage
         self.blocked_until = 0.0
 
-    def renew(self, worker_id: str, run_ids: Any, now: float, lease_seconds: float) -> int:
+    def renew(self, worker_id: str, run_ids: Any, now: float, lease_seconds: float) -> Any:
         if now < self.blocked_until:
             raise ConnectionError("simulated: this worker cannot reach the database")
         return self._storage.renew(worker_id, run_ids, now, lease_seconds)

@@ -115,6 +115,7 @@ NOTIFY = "SELECT pg_notify(%s, %s)"
 RENEW = """
 UPDATE durably.runs SET lease_until = %s
 WHERE owner = %s AND status IN ('running', 'suspended') AND id = ANY(%s)
+RETURNING id
 """
 
 RELEASE = """

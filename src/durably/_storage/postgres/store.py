@@ -290,12 +290,12 @@ class PostgresStorage(Storage):
 
     def renew(
         self, worker_id: str, run_ids: Sequence[str], now: float, lease_seconds: float
-    ) -> int:
+    ) -> list[str]:
         if not run_ids:
-            return 0
+            return []
         with self._conn() as conn:
             params = (now + lease_seconds, worker_id, list(run_ids))
-            return conn.execute(q.RENEW, params).rowcount
+            return [str(r[0]) for r in conn.execute(q.RENEW, params).fetchall()]
 
     def release(self, worker_id: str, run_ids: Sequence[str], now: float) -> None:
         if run_ids:

@@ -112,7 +112,8 @@ WHERE id = :id
 def renew(n_ids: int) -> str:
     return (
         "UPDATE durably_runs SET lease_until = ? WHERE owner = ? "
-        "AND status IN ('running', 'suspended') AND id IN (" + ", ".join("?" * n_ids) + ")"
+        "AND status IN ('running', 'suspended') AND id IN (" + ", ".join("?" * n_ids) + ") "
+        "RETURNING id"
     )
 
 

@@ -314,18 +314,18 @@ class SQLiteStorage(Storage):
 
     def renew(
         self, worker_id: str, run_ids: Sequence[str], now: float, lease_seconds: float
-    ) -> int:
+    ) -> list[str]:
         ids = list(run_ids)
 
-        def tx(conn: sqlite3.Connection) -> int:
-            renewed = 0
+        def tx(conn: sqlite3.Connection) -> list[str]:
+            renewed: list[str] = []
             with self._write(conn):
                 for chunk in _chunks(ids):
                     params = [now + lease_seconds, worker_id, *chunk]
-                    renewed += conn.execute(q.renew(len(chunk)), params).rowcount
+                    renewed += [r[0] for r in conn.execute(q.renew(len(chunk)), params)]
             return renewed
 
-        return self._retry(tx) if ids else 0
+        return self._retry(tx) if ids else []
 
     def release(self, worker_id: str, run_ids: Sequence[str], now: float) -> None:
         ids = list(run_ids)
