@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import Callable
+
+import pytest
 
 import durably
 from conftest import eventually
@@ -108,3 +111,23 @@ async def test_step_longer_than_the_lease_is_not_taken_over(
         handle = await app.start(flow, id="long")
         assert await handle.result(timeout=20) == "done"
     assert runs == ["slow"]
+
+
+async def test_sleep_until_an_aware_datetime(make_app: Callable[..., durably.App]) -> None:
+    app = make_app(suspend_after=0.0)
+
+    @app.workflow()
+    async def renewal(ctx: durably.Context, at: dt.datetime) -> float:
+        await ctx.sleep_until("renew-at", at)
+        return ctx.now().timestamp()
+
+    @app.workflow()
+    async def naive(ctx: durably.Context) -> None:
+        await ctx.sleep_until("bad", dt.datetime(2030, 1, 1))  # no timezone
+
+    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=0.8)
+    async with app.worker():
+        woke = await (await app.start(renewal, when)).result(timeout=20)
+        assert woke >= when.timestamp()
+        with pytest.raises(durably.WorkflowFailed, match="timezone-aware"):
+            await (await app.start(naive)).result(timeout=20)
