@@ -26,6 +26,8 @@ pytestmark = pytest.mark.timeout(300)
 
 # How long the outage of the first test lasts (60 reproduces issue 4's longest).
 OUTAGE_SECONDS = float(os.environ.get("DURABLY_OUTAGE_SECONDS", "5"))
+# How many runs the last test is recovering when the outage hits.
+RECOVERING = int(os.environ.get("DURABLY_OUTAGE_RUNS", "300"))
 
 
 @pytest.fixture
@@ -153,7 +155,7 @@ def test_outage_while_recovering_many_runs(pg: tuple[str, OutageProxy], tmp_path
     url, proxy = pg
     workers = Workers(url, tmp_path / "effects.db")
     crashy.use_database(url)
-    count = 300
+    count = RECOVERING
     for i in range(count):
         crashy.start_sync("sequential", i, id=f"r-{i}")
     log = tmp_path / "worker.log"
