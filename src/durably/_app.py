@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime as dt
 import functools
@@ -12,10 +13,11 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import _config, _serde
+from ._batching import Batcher
 from ._context import to_seconds
 from ._errors import (
     ConfigurationError,
@@ -41,7 +43,7 @@ from ._storage.base import (
     RunRecord,
     Storage,
 )
-from ._waiting import ChangeWaiter, Hub
+from ._waiting import ChangeWaiter, Hub, RunWatcher
 from ._worker.worker import Worker
 
 log = logging.getLogger("durably")
@@ -92,6 +94,9 @@ class App:
         self._hub = Hub()
         self._inline = False  # set by durably.testing's simulator
         self._recheck = _RESULT_POLL  # seconds between re-reads while waiting
+        self._starts: Batcher[NewRun, tuple[RunRecord, bool]] | None = None
+        self._watcher: RunWatcher | None = None
+        self._workers: list[Worker] = []  # running in this process
 
     def __repr__(self) -> str:
         return f"App({self.name!r}, database={self.database_url!r})"
@@ -236,8 +241,46 @@ class App:
         """Close database connections (a new call reopens them)."""
         with self._storage_lock:
             storage, self._storage = self._storage, None
+            starts, self._starts = self._starts, None
+            watcher, self._watcher = self._watcher, None
+        if starts is not None:
+            starts.close()
+        if watcher is not None:
+            watcher.close()
         if storage is not None:
             storage.close()
+
+    def _start_batcher(self) -> Batcher[NewRun, tuple[RunRecord, bool]]:
+        with self._storage_lock:
+            if self._starts is None:
+                self._starts = Batcher(self._create_runs, "durably-starts")
+            return self._starts
+
+    def _create_runs(self, runs: Sequence[NewRun]) -> list[tuple[RunRecord, bool]]:
+        return self.storage.create_runs(runs)
+
+    def _results(self) -> RunWatcher:
+        with self._storage_lock:
+            if self._watcher is None:
+                self._watcher = RunWatcher(
+                    self._fetch_runs,
+                    [self._subscribe_storage, self._hub.subscribe],
+                    lambda record: record.status in TERMINAL,
+                    self._recheck,
+                )
+            return self._watcher
+
+    def _fetch_runs(self, run_ids: list[str]) -> list[RunRecord]:
+        return self.storage.get_runs(run_ids)
+
+    def _subscribe_storage(self, listener: Callable[[str, str], None]) -> Callable[[], None]:
+        return self.storage.subscribe(listener)
+
+    def _run_ended(self, record: RunRecord) -> None:
+        """A worker in this process ended a run: hand the row to its waiters."""
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.resolve(record)
 
     # -- starting runs -----------------------------------------------------------
     def _definition(self, workflow: Any) -> WorkflowDef:
@@ -290,7 +333,13 @@ class App:
         )
 
     def _create(self, run: NewRun) -> WorkflowHandle:
-        record, created = self.storage.create_run(run)
+        if self._inline:
+            record, created = self.storage.create_run(run)
+        else:  # concurrent starts share transactions
+            record, created = self._start_batcher().submit(run).result()
+        return self._created(run, record, created)
+
+    def _created(self, run: NewRun, record: RunRecord, created: bool) -> WorkflowHandle:
         if record.workflow != run.workflow:
             raise ConfigurationError(
                 f"run id {run.id!r} already belongs to a run of workflow {record.workflow!r}, "
@@ -315,7 +364,22 @@ class App:
         that long after it starts (overrides the workflow's default).
         """
         run = self._new_run(workflow, args, kwargs, id, deadline)
-        return await self._off_loop(self._create, run)
+        if self._inline:
+            return self._create(run)
+        local = self._local_worker()
+        if local is not None and await local.start_local(run):
+            # Created already claimed by the worker in this process: no claim,
+            # no journal read, no wake-up notification needed.
+            return WorkflowHandle(self, run.id)
+        record, created = await asyncio.wrap_future(self._start_batcher().submit(run))
+        return self._created(run, record, created)
+
+    def _local_worker(self) -> Worker | None:
+        loop = asyncio.get_running_loop()
+        for worker in self._workers:
+            if worker.loop is loop and worker.has_room():
+                return worker
+        return None
 
     def start_sync(
         self,
@@ -445,17 +509,48 @@ class App:
         return record.status in TERMINAL, record
 
     async def _await_terminal(self, run_id: str, timeout: float | None) -> RunRecord | None:
-        waiter = self._waiter(run_id, asyncio.get_running_loop())
-        return await _until(
-            functools.partial(self._off_loop, self._terminal, run_id),
-            waiter,
-            timeout,
-            self._recheck,
-        )
+        if self._inline:  # simulation: everything on the loop thread
+            waiter = self._waiter(run_id, asyncio.get_running_loop())
+            return await _until(
+                functools.partial(self._off_loop, self._terminal, run_id),
+                waiter,
+                timeout,
+                self._recheck,
+            )
+        watched = self._results().watch(run_id)
+        if not self._held_here(run_id):  # else its worker hands the result over
+            try:
+                record = await self._off_loop(self._record, run_id)
+            except BaseException:
+                self._results().forget(run_id, watched)
+                raise
+            if record.status in TERMINAL:
+                self._results().forget(run_id, watched)
+                return record
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(watched), timeout)  # type: ignore[no-any-return]
+        except asyncio.TimeoutError:
+            self._results().forget(run_id, watched)
+            return await self._off_loop(self._record, run_id)
 
     def _await_terminal_sync(self, run_id: str, timeout: float | None) -> RunRecord | None:
-        waiter = self._waiter(run_id, None)
-        return _until_sync(functools.partial(self._terminal, run_id), waiter, timeout)
+        watched = self._results().watch(run_id)
+        try:
+            record = self._record(run_id)
+        except BaseException:
+            self._results().forget(run_id, watched)
+            raise
+        if record.status in TERMINAL:
+            self._results().forget(run_id, watched)
+            return record
+        try:
+            return watched.result(timeout)  # type: ignore[no-any-return]
+        except concurrent.futures.TimeoutError:
+            self._results().forget(run_id, watched)
+            return self._record(run_id)
+
+    def _held_here(self, run_id: str) -> bool:
+        return any(run_id in worker.drivers for worker in self._workers)
 
     # -- workers -------------------------------------------------------------------
     def _make_worker(self, concurrency: int, *, inline: bool = False) -> Worker:
@@ -476,6 +571,7 @@ class App:
             publish=self._hub.publish,
             subscribe_local=self._hub.subscribe,
             inline=inline,
+            on_ended=self._run_ended,
         )
 
     @contextlib.asynccontextmanager
@@ -483,9 +579,11 @@ class App:
         """Run a worker on the current event loop for the duration of the block."""
         worker = self._make_worker(concurrency)
         await worker.start()
+        self._workers.append(worker)
         try:
             yield worker
         finally:
+            self._workers.remove(worker)
             await worker.stop()
 
     def run_worker(self, concurrency: int = 100) -> None:

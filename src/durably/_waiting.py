@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
 
 Listener = Callable[[str, str], None]
 
@@ -80,3 +82,94 @@ class ChangeWaiter:
     def close(self) -> None:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
+
+
+class RunWatcher:
+    """Waits for many runs to end with one query per change, not one per waiter.
+
+    ``watch`` hands out a future per waiter; a single thread re-reads every
+    watched run when a change may concern one of them (a notification, or
+    the fallback re-check) and resolves those that ended. A worker in this
+    process hands over the final row directly (``resolve``): no read at all.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[list[str]], list[Any]],
+        sources: list[Callable[[Listener], Callable[[], None]]],
+        terminal: Callable[[Any], bool],
+        recheck: float,
+    ) -> None:
+        self._fetch = fetch
+        self._sources = sources
+        self._terminal = terminal
+        self._recheck = recheck
+        self._lock = threading.Lock()
+        self._futures: dict[str, list[Future[Any]]] = {}
+        self._event = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def watch(self, run_id: str) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            self._futures.setdefault(run_id, []).append(future)
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(
+                    target=self._run, name="durably-results", daemon=True
+                )
+                self._thread.start()
+        self._event.set()  # it may have ended just before we started watching
+        return future
+
+    def forget(self, run_id: str, future: Future[Any]) -> None:
+        with self._lock:
+            waiting = self._futures.get(run_id, [])
+            if future in waiting:
+                waiting.remove(future)
+            if not waiting:
+                self._futures.pop(run_id, None)
+
+    def resolve(self, record: Any) -> None:
+        with self._lock:
+            waiting = self._futures.pop(record.id, [])
+        for future in waiting:
+            if not future.done():
+                future.set_result(record)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._event.set()
+
+    def _on_change(self, channel: str, payload: str) -> None:
+        if channel == "":
+            self._event.set()
+        elif channel == "durably_done":
+            with self._lock:
+                wanted = payload in self._futures
+            if wanted:
+                self._event.set()
+
+    def _run(self) -> None:
+        unsubscribe = [subscribe(self._on_change) for subscribe in self._sources]
+        try:
+            while True:
+                self._event.wait(self._recheck)
+                self._event.clear()
+                with self._lock:
+                    if self._closed:
+                        return
+                    ids = list(self._futures)
+                if not ids:
+                    continue
+                try:
+                    records = self._fetch(ids)
+                except Exception:  # noqa: BLE001 - unreachable for now: try again later
+                    continue
+                for record in records:
+                    if self._terminal(record):
+                        self.resolve(record)
+        finally:
+            for stop in unsubscribe:
+                stop()

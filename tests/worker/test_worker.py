@@ -42,7 +42,7 @@ async def test_runs_execute_concurrently_up_to_the_limit(
     assert now["peak"] == 6  # six at once, never more
 
 
-async def test_one_write_per_completed_step_and_one_journal_read_per_claim(
+async def test_one_write_per_step_and_at_most_one_journal_read_per_run(
     make_app: Callable[..., durably.App],
 ) -> None:
     app = make_app()
@@ -65,11 +65,17 @@ async def test_one_write_per_completed_step_and_one_journal_read_per_claim(
         return int(await s(await s(await s(0))))
 
     async with app.worker() as worker:
-        handle = await app.start(three, id="hot")
+        # Started from another thread: created pending, claimed, replayed.
+        handle = await asyncio.to_thread(app.start_sync, three, id="claimed")
         assert await handle.result(timeout=20) == 3
-        writes = worker.committer.writes
-    assert writes == 3  # the third step's write also completes the run
-    assert reads == ["hot"]
+        assert worker.committer.writes == 3  # the third step's write also ends the run
+        assert reads == ["claimed"]
+        # Started in the worker's own process and loop: created already
+        # claimed through the same group commit, and nothing to read back.
+        handle = await app.start(three, id="local")
+        assert await handle.result(timeout=20) == 3
+        assert worker.committer.writes == 3 + 1 + 3
+        assert reads == ["claimed"]
 
 
 async def test_concurrent_runs_share_commits(make_app: Callable[..., durably.App]) -> None:

@@ -68,6 +68,10 @@ class NewRun:
     parent_id: str | None = None
     deadline: float | None = None
     priority: int = 0
+    # Created already claimed (a worker in the starting process takes it at
+    # once): status running, epoch 1, this owner and lease.
+    owner: str | None = None
+    lease_until: float | None = None
 
 
 @dataclass(slots=True)
@@ -106,6 +110,7 @@ class RunWrite:
     consumed: list[int] = field(default_factory=list)
     events: list[tuple[str, str]] = field(default_factory=list)
     children: list[NewRun] = field(default_factory=list)
+    create: NewRun | None = None  # the run itself, created claimed by this writer
 
 
 @dataclass(slots=True)
@@ -140,9 +145,14 @@ class Storage(abc.ABC):
     def close(self) -> None: ...
 
     # -- runs ------------------------------------------------------------------
-    @abc.abstractmethod
     def create_run(self, run: NewRun) -> tuple[RunRecord, bool]:
         """Insert ``run`` unless its id exists; returns the row and if it was new."""
+        return self.create_runs([run])[0]
+
+    @abc.abstractmethod
+    def create_runs(self, runs: Sequence[NewRun]) -> list[tuple[RunRecord, bool]]:
+        """Insert runs whose ids do not exist yet, in one transaction; for each,
+        the row and whether it was new (a start is idempotent by id)."""
 
     @abc.abstractmethod
     def get_run(self, run_id: str) -> RunRecord | None: ...

@@ -242,16 +242,22 @@ def cancelled_error(reason: str) -> str:
 
 def run_row(run: NewRun) -> tuple[Any, ...]:
     """Parameters of a backend's INSERT_RUN, in column order."""
+    claimed = run.owner is not None
     return (
         run.id,
         run.workflow,
         run.version,
+        "running" if claimed else "pending",
         run.args,
         run.created_at,
         run.created_at,
         run.parent_id,
         run.deadline,
         run.priority,
+        1 if claimed else 0,
+        run.owner,
+        run.lease_until,
+        run.created_at if claimed else None,
     )
 
 

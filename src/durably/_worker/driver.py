@@ -13,6 +13,7 @@ suspended, released, and dropped from memory.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -75,8 +76,11 @@ class _Batch:
 
 
 class RunDriver:
-    def __init__(self, worker: Worker, record: RunRecord, spec: WorkflowSpec) -> None:
+    def __init__(
+        self, worker: Worker, record: RunRecord, spec: WorkflowSpec, *, fresh: bool = False
+    ) -> None:
         self.worker = worker
+        self.fresh = fresh  # created just now by this worker: its journal is empty
         self.record = record
         self.spec = spec
         self.run_id = record.id
@@ -194,7 +198,11 @@ class RunDriver:
 
     # -- main loop -------------------------------------------------------------
     async def _run(self) -> None:
-        entries = await self.worker.io(self.worker.storage.load_journal, self.run_id)
+        entries = (
+            []
+            if self.fresh
+            else await self.worker.io(self.worker.storage.load_journal, self.run_id)
+        )
         fault("replay.before")
         history = History(entries)
         self._seq = history.next_seq
@@ -214,7 +222,7 @@ class RunDriver:
         except Exception as exc:  # noqa: BLE001 - e.g. arguments that no longer decode
             outcome = Outcome("failed", error=describe_exception(exc))
             await self._write(RunWrite(self.run_id, self.epoch, [], _ended(outcome)))
-            self.worker.run_ended(self.run_id)
+            self.worker.run_ended(self.run_id, self._final(outcome))
             return
         replayed = self.instance.outcome
         if replayed is not None and replayed.diverged and self.record.version != self.spec.version:
@@ -376,7 +384,8 @@ class RunDriver:
             self.worker.published_events(self.run_id)
         if instance.done:
             self.finished = True
-            self.worker.run_ended(self.run_id)
+            assert instance.outcome is not None
+            self.worker.run_ended(self.run_id, self._final(instance.outcome))
             return
         if update is not None and update.release:
             self.finished = True  # suspended out of memory (or handed back)
@@ -415,6 +424,23 @@ class RunDriver:
         self.finished = True
         update = RunUpdate(status="running", release=True, pin=True)
         await self._write(RunWrite(self.run_id, self.epoch, [], update))
+
+    def _final(self, outcome: Outcome) -> RunRecord:
+        """The run's row as the write that ended it left it."""
+        ended = _ended(outcome)
+        now = self._clock()
+        return dataclasses.replace(
+            self.record,
+            status=outcome.status,
+            result=ended.result,
+            error=ended.error,
+            owner=None,
+            lease_until=None,
+            wake_at=None,
+            finished_at=now,
+            updated_at=now,
+            epoch=self.epoch,
+        )
 
     def _start(self, command: Any) -> None:
         if isinstance(command, StepCall):

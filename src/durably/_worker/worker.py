@@ -27,11 +27,13 @@ from .._storage.base import (
     CHANNEL_EVENT,
     CHANNEL_SIGNAL,
     CHANNEL_WORK,
+    NewRun,
     RunRecord,
+    RunWrite,
     Signal,
     Storage,
 )
-from .committer import Committer, InlineCommitter
+from .committer import CommitFailed, Committer, InlineCommitter
 from .driver import RunDriver, WorkflowSpec
 from .outage import Outage
 
@@ -68,6 +70,7 @@ class Worker:
         publish: Callable[[str, str], None] | None = None,
         subscribe_local: Callable[[Callable[[str, str], None]], Callable[[], None]] | None = None,
         inline: bool = False,
+        on_ended: Callable[[RunRecord], None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -81,6 +84,8 @@ class Worker:
         self.payload_limit = payload_limit
         self.clock = clock
         self._publish = publish
+        self._on_ended = on_ended
+        self._reserved = 0  # slots promised to runs being started in this process
         self.inline = inline  # simulation: storage calls and commits on the loop thread
         self._watching: set[str] = set()
         self._subscribe_local = subscribe_local
@@ -201,7 +206,9 @@ class Worker:
         except Exception as exc:  # noqa: BLE001
             self.outage.failed(f"handing back run {run_id}", exc)
 
-    def run_ended(self, run_id: str) -> None:
+    def run_ended(self, run_id: str, final: RunRecord | None = None) -> None:
+        if final is not None and self._on_ended is not None:
+            self._on_ended(final)
         if self._publish is not None:
             self._publish(CHANNEL_DONE, run_id)
         # A parent waiting here on this run may be in this worker's memory.
@@ -258,7 +265,7 @@ class Worker:
         while not self._stopping:
             try:
                 self._wake.clear()
-                room = self.concurrency - len(self.drivers)
+                room = self.concurrency - len(self.drivers) - self._reserved
                 want = min(room, CLAIM_BATCH)
                 claimed: list[RunRecord] = []
                 if want > 0:
@@ -303,6 +310,54 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    def has_room(self) -> bool:
+        return not self._stopping and len(self.drivers) + self._reserved < self.concurrency
+
+    async def start_local(self, run: NewRun) -> bool:
+        """Create ``run`` already claimed by this worker and drive it at once.
+
+        False if it cannot (no room, or the id exists): the caller then starts
+        it the ordinary way, which also finds an existing run by its id.
+        """
+        if not self.has_room() or run.workflow not in self.workflows:
+            return False
+        self._reserved += 1
+        try:
+            now = self.clock()
+            run.owner = self.id
+            run.lease_until = now + self.lease_seconds
+            try:
+                created = await self.committer.submit(RunWrite(run.id, 1, create=run))
+            except CommitFailed:
+                return False
+        finally:
+            self._reserved -= 1
+        run.owner = run.lease_until = None
+        if not created:
+            return False
+        record = RunRecord(
+            id=run.id,
+            workflow=run.workflow,
+            version=run.version,
+            status="running",
+            args=run.args,
+            result=None,
+            error=None,
+            owner=self.id,
+            epoch=1,
+            lease_until=now + self.lease_seconds,
+            wake_at=None,
+            created_at=run.created_at,
+            updated_at=now,
+            started_at=now,
+            finished_at=None,
+            parent_id=run.parent_id,
+            deadline=run.deadline,
+            priority=run.priority,
+        )
+        self._spawn(record, now, fresh=True)
+        return True
+
     def lease_fresh(self, driver: RunDriver) -> bool:
         """Whether ``driver``'s lease certainly still holds by this worker's clock.
 
@@ -312,7 +367,9 @@ class Worker:
         """
         return self.clock() < driver.claimed_at + self.lease_seconds * 0.8
 
-    def _spawn(self, record: RunRecord, claimed_at: float | None = None) -> None:
+    def _spawn(
+        self, record: RunRecord, claimed_at: float | None = None, *, fresh: bool = False
+    ) -> None:
         spec = self.workflows.get(record.workflow)
         if spec is None:
             return
@@ -323,7 +380,7 @@ class Worker:
             running.adopt(record.epoch)
             return
         self.claimed_total += 1
-        driver = RunDriver(self, record, spec)
+        driver = RunDriver(self, record, spec, fresh=fresh)
         driver.claimed_at = claimed_at if claimed_at is not None else self.clock()
         self.drivers[record.id] = driver
         self._holding.set()

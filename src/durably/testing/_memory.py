@@ -91,21 +91,22 @@ class MemoryStorage(Storage):
     def _insert(self, run: NewRun) -> bool:
         if run.id in self._runs:
             return False
+        claimed = run.owner is not None
         self._runs[run.id] = RunRecord(
             id=run.id,
             workflow=run.workflow,
             version=run.version,
-            status="pending",
+            status="running" if claimed else "pending",
             args=run.args,
             result=None,
             error=None,
-            owner=None,
-            epoch=0,
-            lease_until=None,
+            owner=run.owner,
+            epoch=1 if claimed else 0,
+            lease_until=run.lease_until,
             wake_at=None,
             created_at=run.created_at,
             updated_at=run.created_at,
-            started_at=None,
+            started_at=run.created_at if claimed else None,
             finished_at=None,
             parent_id=run.parent_id,
             deadline=run.deadline,
@@ -113,13 +114,14 @@ class MemoryStorage(Storage):
         )
         return True
 
-    def create_run(self, run: NewRun) -> tuple[RunRecord, bool]:
+    def create_runs(self, runs: Sequence[NewRun]) -> list[tuple[RunRecord, bool]]:
         with self._lock:
-            created = self._insert(run)
-            record = self._copy(self._runs[run.id])
-        if created:
-            self._notify([(CHANNEL_WORK, run.workflow)])
-        return record, created
+            out = []
+            for run in runs:
+                created = self._insert(run)
+                out.append((self._copy(self._runs[run.id]), created))
+        self._notify([(CHANNEL_WORK, r.workflow) for r, new in out if new and r.owner is None])
+        return out
 
     def get_run(self, run_id: str) -> RunRecord | None:
         with self._lock:
@@ -200,6 +202,9 @@ class MemoryStorage(Storage):
         with self._lock:
             if self.on_commit is not None:
                 self.on_commit(writes, now)  # may raise: nothing is written then
+            for write in writes:
+                if write.create is not None:
+                    self._insert(write.create)
             owned = {
                 w.run_id: self._runs[w.run_id].epoch
                 for w in writes

@@ -27,20 +27,15 @@ INSERT INTO durably.meta (key, value) VALUES (%s, %s)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value
 """
 
-INSERT_RUN = f"""
-WITH ins AS (
-    INSERT INTO durably.runs (id, workflow, version, status, args, created_at, updated_at,
-                              parent_id, deadline, priority, epoch)
-    VALUES (%(id)s, %(workflow)s, %(version)s, 'pending', %(args)s, %(now)s, %(now)s,
-            %(parent_id)s, %(deadline)s, %(priority)s, 0)
-    ON CONFLICT (id) DO NOTHING
-    RETURNING {RUN_COLUMNS}
-), notified AS (
-    SELECT pg_notify('durably_work', %(workflow)s) FROM ins
-)
-SELECT true, {RUN_COLUMNS} FROM ins, (SELECT count(*) FROM notified) n
-UNION ALL
-SELECT false, {RUN_COLUMNS} FROM durably.runs WHERE id = %(id)s AND NOT EXISTS (SELECT 1 FROM ins)
+INSERT_RUNS = """
+INSERT INTO durably.runs (id, workflow, version, status, args, created_at, updated_at,
+                          parent_id, deadline, priority, epoch, owner, lease_until,
+                          started_at)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                     %s::float8[], %s::float8[], %s::text[], %s::float8[], %s::int[],
+                     %s::bigint[], %s::text[], %s::float8[], %s::float8[])
+ON CONFLICT (id) DO NOTHING
+RETURNING id, workflow, status
 """
 
 GET_RUN = f"SELECT {RUN_COLUMNS} FROM durably.runs WHERE id = %s"
@@ -150,13 +145,6 @@ SET status = %(status)s, owner = NULL, lease_until = NULL, wake_at = NULL,
 WHERE id = %(id)s
 """
 
-
-INSERT_CHILD = """
-INSERT INTO durably.runs (id, workflow, version, status, args, created_at, updated_at,
-                          parent_id, deadline, priority, epoch)
-VALUES (%s, %s, %s, 'pending', %s, %s, %s, %s, %s, %s, 0)
-ON CONFLICT (id) DO NOTHING
-"""
 
 CONSUME_SIGNAL = """
 UPDATE durably.signals SET consumed_at = %s

@@ -188,27 +188,31 @@ class PostgresStorage(Storage):
         self._open()
 
     # -- runs ------------------------------------------------------------------
-    def create_run(self, run: NewRun) -> tuple[RunRecord, bool]:
-        params = {
-            "id": run.id,
-            "workflow": run.workflow,
-            "version": run.version,
-            "args": run.args,
-            "now": run.created_at,
-            "parent_id": run.parent_id,
-            "deadline": run.deadline,
-            "priority": run.priority,
-        }
+    def _insert_runs(self, conn: psycopg.Connection[Any], runs: Sequence[NewRun]) -> set[str]:
+        """Insert runs (ON CONFLICT DO NOTHING); the ids created, runnable ones announced."""
+        columns = [list(col) for col in zip(*(run_row(r) for r in runs), strict=True)]
+        created = conn.execute(q.INSERT_RUNS, columns).fetchall()
+        workflows = sorted({wf for _, wf, status in created if status == "pending"})
+        if workflows:
+            with conn.cursor() as cur:
+                cur.executemany(q.NOTIFY, [(CHANNEL_WORK, wf) for wf in workflows])
+        return {str(row[0]) for row in created}
+
+    def create_runs(self, runs: Sequence[NewRun]) -> list[tuple[RunRecord, bool]]:
+        if not runs:
+            return []
+        ids = [r.id for r in runs]
         with self._conn() as conn:
-            row = conn.execute(q.INSERT_RUN, params).fetchone()
-            if row is not None:
-                return RunRecord(*row[1:]), bool(row[0])
-            # Another transaction inserted this id after our statement's
-            # snapshot was taken: a new statement sees its row.
-            existing = conn.execute(q.GET_RUN, (run.id,)).fetchone()
-        if existing is None:
-            raise DatabaseError(f"run {run.id!r} vanished while being created")
-        return RunRecord(*existing), False
+            with conn.transaction():
+                created = self._insert_runs(conn, runs)
+            # A new statement sees runs other transactions created meanwhile.
+            rows = {r[0]: RunRecord(*r) for r in conn.execute(q.GET_RUNS, (ids,)).fetchall()}
+        seen: set[str] = set()
+        out = []
+        for run_id in ids:
+            out.append((rows[run_id], run_id in created and run_id not in seen))
+            seen.add(run_id)
+        return out
 
     def get_run(self, run_id: str) -> RunRecord | None:
         with self._conn() as conn:
@@ -254,6 +258,9 @@ class PostgresStorage(Storage):
         if not writes:
             return set()
         with self._conn() as conn, conn.transaction():
+            creates = [w.create for w in writes if w.create is not None]
+            if creates:  # runs started in this process, created already claimed
+                self._insert_runs(conn, creates)
             ids = [w.run_id for w in writes]
             owned = dict(conn.execute(q.OWNED, (worker_id, ids)).fetchall())
             part = partition(writes, owned, now)
@@ -267,7 +274,7 @@ class PostgresStorage(Storage):
                 if part.events:
                     cur.executemany(q.UPSERT_EVENT, part.events)
                 if part.children:
-                    cur.executemany(q.INSERT_CHILD, [run_row(c) for c in part.children])
+                    self._insert_runs(conn, part.children)
                 missed = sql_missed(
                     "%s", q.TABLES, lambda sql, args: cur.execute(sql, args).fetchone()
                 )
@@ -283,7 +290,6 @@ class PostgresStorage(Storage):
                     if u["release"] and u["status"] == "running"
                 ]
                 notes += [(CHANNEL_EVENT, run_id) for run_id in sorted({e[0] for e in part.events})]
-                notes += [(CHANNEL_WORK, wf) for wf in sorted({c.workflow for c in part.children})]
                 if notes:
                     cur.executemany(q.NOTIFY, notes)
         return part.rejected

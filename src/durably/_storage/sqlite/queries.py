@@ -22,10 +22,16 @@ WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name
 
 INSERT_RUN = """
 INSERT INTO durably_runs (id, workflow, version, status, args, created_at, updated_at,
-                          parent_id, deadline, priority, epoch)
-VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, 0)
+                          parent_id, deadline, priority, epoch, owner, lease_until,
+                          started_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO NOTHING
 """
+
+
+def existing_ids(n_ids: int) -> str:
+    return "SELECT id FROM durably_runs WHERE id IN (" + ", ".join("?" * n_ids) + ")"
+
 
 GET_RUN = f"SELECT {RUN_COLUMNS} FROM durably_runs WHERE id = ?"
 

@@ -230,15 +230,28 @@ class SQLiteStorage(Storage):
         self._retry(run)
 
     # -- runs ------------------------------------------------------------------
-    def create_run(self, run: NewRun) -> tuple[RunRecord, bool]:
-        def tx(conn: sqlite3.Connection) -> tuple[RunRecord, bool]:
-            with self._write(conn):
-                cur = conn.execute(q.INSERT_RUN, run_row(run))
-                created = cur.rowcount == 1
-                row = conn.execute(q.GET_RUN, (run.id,)).fetchone()
-            return RunRecord(*row), created
+    def create_runs(self, runs: Sequence[NewRun]) -> list[tuple[RunRecord, bool]]:
+        ids = [r.id for r in runs]
 
-        return self._retry(tx)
+        def tx(conn: sqlite3.Connection) -> list[tuple[RunRecord, bool]]:
+            with self._write(conn):
+                existed: set[str] = set()
+                for chunk in _chunks(ids):
+                    existed.update(r[0] for r in conn.execute(q.existing_ids(len(chunk)), chunk))
+                conn.executemany(q.INSERT_RUN, [run_row(r) for r in runs])
+                rows: dict[str, RunRecord] = {}
+                for chunk in _chunks(ids):
+                    for row in conn.execute(q.get_runs(len(chunk)), chunk):
+                        rows[row[0]] = RunRecord(*row)
+            # One start of an id that appears twice in a batch creates it once.
+            seen: set[str] = set()
+            out = []
+            for run_id in ids:
+                out.append((rows[run_id], run_id not in existed and run_id not in seen))
+                seen.add(run_id)
+            return out
+
+        return self._retry(tx) if runs else []
 
     def get_run(self, run_id: str) -> RunRecord | None:
         row = self._retry(lambda c: c.execute(q.GET_RUN, (run_id,)).fetchone())
@@ -287,6 +300,9 @@ class SQLiteStorage(Storage):
 
         def tx(conn: sqlite3.Connection) -> set[str]:
             with self._write(conn):
+                creates = [w.create for w in writes if w.create is not None]
+                if creates:  # runs started in this process, created already claimed
+                    conn.executemany(q.INSERT_RUN, [run_row(c) for c in creates])
                 owned: dict[str, int] = {}
                 for chunk in _chunks([w.run_id for w in writes]):
                     owned.update(conn.execute(q.owned(len(chunk)), [worker_id, *chunk]))
