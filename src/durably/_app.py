@@ -517,8 +517,10 @@ class App:
                 timeout,
                 self._recheck,
             )
-        watched = self._results().watch(run_id)
-        if not self._held_here(run_id):  # else its worker hands the result over
+        # Both on this loop's thread, so a worker here cannot end the run in between.
+        local = self._held_here(run_id)
+        watched = self._results().watch(run_id, check=not local)
+        if not local:  # a worker here hands the result over: no read needed
             try:
                 record = await self._off_loop(self._record, run_id)
             except BaseException:

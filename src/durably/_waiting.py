@@ -106,20 +106,26 @@ class RunWatcher:
         self._recheck = recheck
         self._lock = threading.Lock()
         self._futures: dict[str, list[Future[Any]]] = {}
+        self._local: set[str] = set()  # runs whose worker here hands the row over
         self._event = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def watch(self, run_id: str) -> Future[Any]:
+    def watch(self, run_id: str, *, check: bool = True) -> Future[Any]:
+        """A future of the run's final row; ``check=False`` when a worker in
+        this process drives it and will hand the row over (no read needed)."""
         future: Future[Any] = Future()
         with self._lock:
             self._futures.setdefault(run_id, []).append(future)
+            if not check:
+                self._local.add(run_id)
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(
                     target=self._run, name="durably-results", daemon=True
                 )
                 self._thread.start()
-        self._event.set()  # it may have ended just before we started watching
+        if check:
+            self._event.set()  # it may have ended just before we started watching
         return future
 
     def forget(self, run_id: str, future: Future[Any]) -> None:
@@ -129,10 +135,12 @@ class RunWatcher:
                 waiting.remove(future)
             if not waiting:
                 self._futures.pop(run_id, None)
+                self._local.discard(run_id)
 
     def resolve(self, record: Any) -> None:
         with self._lock:
             waiting = self._futures.pop(record.id, [])
+            self._local.discard(record.id)
         for future in waiting:
             if not future.done():
                 future.set_result(record)
@@ -146,8 +154,8 @@ class RunWatcher:
         if channel == "":
             self._event.set()
         elif channel == "durably_done":
-            with self._lock:
-                wanted = payload in self._futures
+            with self._lock:  # a worker here hands its own runs over: no read
+                wanted = payload in self._futures and payload not in self._local
             if wanted:
                 self._event.set()
 

@@ -58,6 +58,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._instance = instance
         self._ready: deque[asyncio.Handle] = deque()
         self._running = False
+        self.tasks: list[asyncio.Task[Any]] = []
 
     def run_ready(self) -> None:
         previous = _get_running_loop()
@@ -106,8 +107,12 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self, coro: Any, *, name: str | None = None, context: Any = None
     ) -> asyncio.Task[Any]:
         if context is None:
-            return asyncio.Task(coro, loop=self, name=name)
-        return asyncio.Task(coro, loop=self, name=name, context=context)  # type: ignore[call-arg]
+            task = asyncio.Task(coro, loop=self, name=name)
+        else:
+            task = asyncio.Task(coro, loop=self, name=name, context=context)  # type: ignore[call-arg]
+        # Kept here: asyncio.all_tasks() would scan every task of the process.
+        self.tasks.append(task)
+        return task
 
     def get_task_factory(self) -> None:  # type: ignore[override]
         return None
@@ -305,7 +310,9 @@ class AsyncInstance(Instance):
         for waiter in waiting:
             waiter(None, Abandoned())
         self._loop.run_ready()
-        for task in asyncio.all_tasks(self._loop):  # type: ignore[arg-type]
-            task.cancel()
+        for task in self._loop.tasks:
+            if not task.done():
+                task.cancel()
         self._loop.run_ready()
+        self._loop.tasks.clear()
         self._loop_timers.clear()

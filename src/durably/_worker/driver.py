@@ -277,6 +277,8 @@ class RunDriver:
         elif kind == "child_done":
             record: RunRecord = payload
             known = self._children.pop(record.id, None)
+            if not self._children:
+                self.worker.waiting_parents.discard(self.run_id)
             if known is not None:
                 position, name = known
                 fault("child.done", name)
@@ -453,6 +455,7 @@ class RunDriver:
             self.worker.watch("signals")
         elif isinstance(command, ChildCall):
             self._children[command.child_id] = (command.position, command.workflow)
+            self.worker.waiting_parents.add(self.run_id)
             self.worker.watch("children")
 
     def _new_child(self, call: ChildCall) -> NewRun:
@@ -687,6 +690,7 @@ class RunDriver:
         self._active.clear()
         self._waits.clear()
         self._children.clear()
+        self.worker.waiting_parents.discard(self.run_id)
         if self.instance is not None:
             self.instance.abandon()  # also cancels tasks a finished workflow left behind
 

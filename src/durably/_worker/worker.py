@@ -11,9 +11,11 @@ lease, or the polling fallback.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -86,10 +88,12 @@ class Worker:
         self._publish = publish
         self._on_ended = on_ended
         self._reserved = 0  # slots promised to runs being started in this process
+        self._starved = False  # the last claim took as many runs as there was room
         self.inline = inline  # simulation: storage calls and commits on the loop thread
         self._watching: set[str] = set()
         self._subscribe_local = subscribe_local
         self.drivers: dict[str, RunDriver] = {}
+        self.waiting_parents: set[str] = set()  # runs here that wait on a child
         self.outage = Outage()
         self._claiming: asyncio.Future[list[RunRecord]] | None = None
         self._stopping = False
@@ -104,6 +108,7 @@ class Worker:
             raise RuntimeError("worker already started")
         self._started = True
         self.loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._wake = asyncio.Event()
         self.io_threads = ThreadPoolExecutor(4, thread_name_prefix="durably-io")
         self.step_threads = ThreadPoolExecutor(
@@ -196,8 +201,8 @@ class Worker:
             del self.drivers[driver.run_id]
         if release and not self._stopping:
             self.loop.create_task(self._release_quietly(driver.run_id))
-        if not self._stopping:
-            self._wake.set()
+        if self._starved and not self._stopping:
+            self._wake.set()  # the last claim filled every slot: there may be more
 
     async def _release_quietly(self, run_id: str) -> None:
         # If this fails too, the lease lapses: the run is no longer renewed.
@@ -211,8 +216,8 @@ class Worker:
             self._on_ended(final)
         if self._publish is not None:
             self._publish(CHANNEL_DONE, run_id)
-        # A parent waiting here on this run may be in this worker's memory.
-        self.watch("children")
+        if self.waiting_parents:  # its parent may be in this worker's memory
+            self.watch("children")
 
     def published_events(self, run_id: str) -> None:
         if self._publish is not None:
@@ -233,9 +238,17 @@ class Worker:
 
     def wake(self) -> None:
         """Look for work now (thread-safe)."""
+        self._on_loop(self._wake.set)
+
+    def _on_loop(self, callback: Callable[[], None]) -> None:
+        # From the loop's own thread (the in-process hub) a plain call_soon
+        # spares the self-pipe write that call_soon_threadsafe costs.
+        if threading.get_ident() == self._loop_thread:
+            self.loop.call_soon(callback)
+            return
         try:
-            self.loop.call_soon_threadsafe(self._wake.set)
-        except RuntimeError:
+            self.loop.call_soon_threadsafe(callback)
+        except RuntimeError:  # the loop closed: the worker is gone
             pass
 
     def watch(self, what: str) -> None:
@@ -247,11 +260,13 @@ class Worker:
         if channel in ("", CHANNEL_WORK):
             self.wake()
         what = _WATCH.get(channel)
+        if what == ("children",) and not self._parents_waiting():
+            return  # a run ended, but no run here waits on a child
         if what:
-            try:
-                self.loop.call_soon_threadsafe(self._watch_many, what)
-            except RuntimeError:
-                pass
+            self._on_loop(functools.partial(self._watch_many, what))
+
+    def _parents_waiting(self) -> bool:
+        return bool(self.waiting_parents)
 
     def _watch_many(self, what: tuple[str, ...]) -> None:
         for item in what:
@@ -291,6 +306,8 @@ class Worker:
                         self._spawn(record, claim_began)
                 backoff = 0.1
                 self.outage.recovered()
+                # No room, or every slot filled: a run ending should look again.
+                self._starved = len(claimed) == want
                 if claimed and len(claimed) == want:
                     continue  # there may be more
                 timeout = self.poll_interval

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -61,6 +62,18 @@ log = logging.getLogger("durably.storage")
 
 # How long a call waits for a connection before saying the database is down.
 CONNECT_PATIENCE = 10.0
+# A pooled connection used this recently is not pinged before its next use:
+# the ping would cost a round trip on every operation of a busy worker.
+IDLE_CHECK = 2.0
+_used: dict[int, float] = {}
+
+
+def _check_if_idle(conn: psycopg.Connection[Any]) -> None:
+    last = _used.get(id(conn))
+    if last is None or time.monotonic() - last > IDLE_CHECK:
+        psycopg_pool.ConnectionPool.check_connection(conn)
+
+
 T = TypeVar("T")
 
 
@@ -89,7 +102,7 @@ class PostgresStorage(Storage):
             max_size=pool_size,
             kwargs={"autocommit": True},
             open=False,
-            check=psycopg_pool.ConnectionPool.check_connection,
+            check=_check_if_idle,
             name="durably",
         )
         self._opened = False
@@ -139,6 +152,7 @@ class PostgresStorage(Storage):
             handout.__exit__(type(exc), exc, exc.__traceback__)
             raise
         else:
+            _used[id(conn)] = time.monotonic()
             handout.__exit__(None, None, None)
 
     def close(self) -> None:
@@ -257,7 +271,19 @@ class PostgresStorage(Storage):
     def commit(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> set[str]:
         if not writes:
             return set()
-        with self._conn() as conn, conn.transaction():
+        if len(writes) == 1 and _only_create(writes[0]):
+            # A run started in this process, created claimed: one statement.
+            with self._conn() as conn:
+                created = self._insert_runs(conn, [writes[0].create])  # type: ignore[list-item]
+            return set() if created else {writes[0].run_id}
+        if all(_simple(w) for w in writes):
+            if len(writes) == 1:
+                return self._commit_one(worker_id, writes[0], now)
+            return self._commit_simple(worker_id, writes, now)
+        # Pipelined: only what the next decision depends on waits for the
+        # server (the claim check, and rarely signals or missed wake-ups);
+        # the writes and the COMMIT go out together.
+        with self._conn() as conn, conn.pipeline() as pipe, conn.transaction():
             creates = [w.create for w in writes if w.create is not None]
             if creates:  # runs started in this process, created already claimed
                 self._insert_runs(conn, creates)
@@ -265,20 +291,21 @@ class PostgresStorage(Storage):
             owned = dict(conn.execute(q.OWNED, (worker_id, ids)).fetchall())
             part = partition(writes, owned, now)
             with conn.cursor() as cur:
-                if part.entries:
-                    columns = [list(col) for col in zip(*part.entries, strict=True)]
-                    cur.execute(q.INSERT_ENTRIES, columns)
                 if part.consumed:
                     cur.executemany(q.CONSUME_SIGNAL, part.consumed)
+                    pipe.sync()
                     check_consumed(cur.rowcount, part)
-                if part.events:
-                    cur.executemany(q.UPSERT_EVENT, part.events)
-                if part.children:
-                    self._insert_runs(conn, part.children)
                 missed = sql_missed(
                     "%s", q.TABLES, lambda sql, args: cur.execute(sql, args).fetchone()
                 )
                 wake_missed(part, now, missed)
+                if part.entries:
+                    columns = [list(col) for col in zip(*part.entries, strict=True)]
+                    cur.execute(q.INSERT_ENTRIES, columns)
+                if part.events:
+                    cur.executemany(q.UPSERT_EVENT, part.events)
+                if part.children:
+                    self._insert_runs(conn, part.children)
                 if part.updates:
                     cur.executemany(q.UPDATE_RUN, part.updates)
                 if part.ended:
@@ -293,6 +320,67 @@ class PostgresStorage(Storage):
                 if notes:
                     cur.executemany(q.NOTIFY, notes)
         return part.rejected
+
+    def _commit_one(self, worker_id: str, write: RunWrite, now: float) -> set[str]:
+        """One run's simple write (see ``q.COMMIT_ONE``)."""
+        u = write.update
+        entries = write.entries
+        params = {
+            "me": worker_id,
+            "now": now,
+            "id": write.run_id,
+            "epoch": write.epoch,
+            "change": u is not None,
+            "status": u.status if u else None,
+            "result": u.result if u else None,
+            "error": u.error if u else None,
+            "wake": u.wake_at if u else None,
+            "release": bool(u and u.release),
+            "version": u.version if u else None,
+            "pin": bool(u and u.pin),
+            "e_seq": [e.seq for e in entries],
+            "e_pos": [e.position for e in entries],
+            "e_kind": [e.kind for e in entries],
+            "e_name": [e.name for e in entries],
+            "e_payload": [e.payload for e in entries],
+            "e_loc": [e.loc for e in entries],
+            "e_at": [e.at for e in entries],
+            "e_epoch": [write.epoch for _ in entries],
+        }
+        with self._conn() as conn:
+            kept = conn.execute(q.COMMIT_ONE, params).fetchall()
+        return set() if kept else {write.run_id}
+
+    def _commit_simple(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> set[str]:
+        """The common group commit, in one statement (see ``q.COMMIT_SIMPLE``)."""
+        updates = [w.update for w in writes]
+        entries = [(w.run_id, e, w.epoch) for w in writes for e in w.entries]
+        params = {
+            "me": worker_id,
+            "now": now,
+            "ids": [w.run_id for w in writes],
+            "epochs": [w.epoch for w in writes],
+            "changes": [u is not None for u in updates],
+            "statuses": [u.status if u else None for u in updates],
+            "results": [u.result if u else None for u in updates],
+            "errors": [u.error if u else None for u in updates],
+            "wakes": [u.wake_at if u else None for u in updates],
+            "releases": [bool(u and u.release) for u in updates],
+            "versions": [u.version if u else None for u in updates],
+            "pins": [bool(u and u.pin) for u in updates],
+            "e_run": [run_id for run_id, _, _ in entries],
+            "e_seq": [e.seq for _, e, _ in entries],
+            "e_pos": [e.position for _, e, _ in entries],
+            "e_kind": [e.kind for _, e, _ in entries],
+            "e_name": [e.name for _, e, _ in entries],
+            "e_payload": [e.payload for _, e, _ in entries],
+            "e_loc": [e.loc for _, e, _ in entries],
+            "e_at": [e.at for _, e, _ in entries],
+            "e_epoch": [epoch for _, _, epoch in entries],
+        }
+        with self._conn() as conn:
+            kept = {row[0] for row in conn.execute(q.COMMIT_SIMPLE, params).fetchall()}
+        return {w.run_id for w in writes} - kept
 
     def renew(
         self, worker_id: str, run_ids: Sequence[str], now: float, lease_seconds: float
@@ -407,3 +495,26 @@ class PostgresStorage(Storage):
                 log.debug("LISTEN connection lost (%s); reconnecting", exc)
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def _simple(write: RunWrite) -> bool:
+    """Whether ``write`` fits the one-statement commit."""
+    u = write.update
+    return (
+        write.create is None
+        and not write.consumed
+        and not write.events
+        and not write.children
+        and (u is None or not (u.release and u.status == "suspended"))
+    )
+
+
+def _only_create(write: RunWrite) -> bool:
+    return (
+        write.create is not None
+        and not write.entries
+        and write.update is None
+        and not write.consumed
+        and not write.events
+        and not write.children
+    )
