@@ -303,7 +303,9 @@ class Worker:
                     if claimed:
                         fault("claim.after")
                     for record in claimed:
-                        self._spawn(record, claim_began)
+                        # A first claim (epoch 1) of a run nobody started: no
+                        # journal yet, so there is nothing to read back.
+                        self._spawn(record, claim_began, fresh=record.epoch == 1)
                 backoff = 0.1
                 self.outage.recovered()
                 # No room, or every slot filled: a run ending should look again.
