@@ -45,7 +45,7 @@ async def test_runs_execute_concurrently_up_to_the_limit(
 async def test_one_write_per_step_and_at_most_one_journal_read_per_run(
     make_app: Callable[..., durably.App],
 ) -> None:
-    app = make_app()
+    app = make_app(suspend_after=0)
     reads: list[str] = []
     storage = app.storage
     real_load = storage.load_journal
@@ -64,18 +64,31 @@ async def test_one_write_per_step_and_at_most_one_journal_read_per_run(
     async def three(ctx: durably.Context) -> int:
         return int(await s(await s(await s(0))))
 
+    @app.workflow()
+    async def napper(ctx: durably.Context) -> int:
+        first = await s(0)
+        await ctx.sleep(0.05)
+        return int(await s(first))
+
     async with app.worker() as worker:
-        # Started from another thread: created pending, claimed, replayed.
+        # Started from another thread: created pending, then claimed for the
+        # first time, so there is no journal yet and nothing to read.
         handle = await asyncio.to_thread(app.start_sync, three, id="claimed")
         assert await handle.result(timeout=20) == 3
         assert worker.committer.writes == 3  # the third step's write also ends the run
-        assert reads == ["claimed"]
+        assert reads == []
         # Started in the worker's own process and loop: created already
         # claimed through the same group commit, and nothing to read back.
         handle = await app.start(three, id="local")
         assert await handle.result(timeout=20) == 3
         assert worker.committer.writes == 3 + 1 + 3
-        assert reads == ["claimed"]
+        assert reads == []
+        # A run that suspends (no grace: make_app is asked for suspend_after=0)
+        # is claimed again when its timer fires: that resumption replays,
+        # reading the journal exactly once.
+        handle = await asyncio.to_thread(app.start_sync, napper, id="napper")
+        assert await handle.result(timeout=20) == 2
+        assert reads == ["napper"]
 
 
 async def test_concurrent_runs_share_commits(make_app: Callable[..., durably.App]) -> None:
