@@ -149,3 +149,44 @@ def test_sqlite_is_power_loss_safe_by_default(tmp_path: Any) -> None:
         mode = storage._conn().execute("PRAGMA journal_mode").fetchone()[0]
         storage.close()
         assert (level, mode) == (expected, "wal")
+
+
+async def test_local_starts_during_a_slow_claim_never_overfill_the_worker(
+    make_app: Callable[..., durably.App],
+) -> None:
+    app = make_app()
+    storage = app.storage
+    real_claim = storage.claim
+
+    def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        threading.Event().wait(0.3)  # the claim is out while starts arrive
+        return real_claim(*args, **kwargs)
+
+    storage.claim = slow_claim  # type: ignore[method-assign]
+    lock = threading.Lock()
+    now = {"running": 0, "peak": 0}
+
+    @app.step()
+    def busy(n: int) -> int:
+        with lock:
+            now["running"] += 1
+            now["peak"] = max(now["peak"], now["running"])
+        threading.Event().wait(0.5)
+        with lock:
+            now["running"] -= 1
+        return n
+
+    @app.workflow()
+    async def one(ctx: durably.Context, n: int) -> int:
+        return int(await busy(n))
+
+    async with app.worker(concurrency=3) as worker:
+        await asyncio.sleep(0.1)  # the first claim is now in flight
+        handles = [await app.start(one, i) for i in range(8)]
+        peak_drivers = 0
+        for _ in range(100):
+            peak_drivers = max(peak_drivers, len(worker.drivers))
+            await asyncio.sleep(0.02)
+        results = [await h.result(timeout=30) for h in handles]
+    assert results == list(range(8))
+    assert now["peak"] <= 3 and peak_drivers <= 3

@@ -285,6 +285,9 @@ class Worker:
                 claimed: list[RunRecord] = []
                 if want > 0:
                     claim_began = self.clock()
+                    # Hold the slots while the claim is out, or a local start
+                    # meanwhile could take one and overfill the worker.
+                    self._reserved += want
                     # Shielded: if we are stopped meanwhile, stop() drives (and
                     # hands back) what the claim took instead of orphaning it.
                     self._claiming = asyncio.ensure_future(
@@ -298,7 +301,10 @@ class Worker:
                             versions,
                         )
                     )
-                    claimed = await asyncio.shield(self._claiming)
+                    try:
+                        claimed = await asyncio.shield(self._claiming)
+                    finally:
+                        self._reserved -= want
                     self._claiming = None
                     if claimed:
                         fault("claim.after")
