@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import durably
+from conftest import eventually
 
 
 async def test_runs_execute_concurrently_up_to_the_limit(
@@ -75,12 +76,16 @@ async def test_one_write_per_step_and_at_most_one_journal_read_per_run(
         # first time, so there is no journal yet and nothing to read.
         handle = await asyncio.to_thread(app.start_sync, three, id="claimed")
         assert await handle.result(timeout=20) == 3
+        # The result can reach us (by NOTIFY) before the committer thread
+        # has counted its write: wait for the count, then check it exactly.
+        await eventually(lambda: worker.committer.writes >= 3)
         assert worker.committer.writes == 3  # the third step's write also ends the run
         assert reads == []
         # Started in the worker's own process and loop: created already
         # claimed through the same group commit, and nothing to read back.
         handle = await app.start(three, id="local")
         assert await handle.result(timeout=20) == 3
+        await eventually(lambda: worker.committer.writes >= 3 + 1 + 3)
         assert worker.committer.writes == 3 + 1 + 3
         assert reads == []
         # A run that suspends (no grace: make_app is asked for suspend_after=0)
