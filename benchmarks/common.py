@@ -257,6 +257,10 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+    _close_log(proc)
+
+
+def _close_log(proc: subprocess.Popen[bytes]) -> None:
     log = getattr(proc, "_bench_log", None)
     if log is not None:
         log.close()
@@ -267,9 +271,7 @@ def kill9(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait(30)
-    log = getattr(proc, "_bench_log", None)
-    if log is not None:
-        log.close()
+    _close_log(proc)
 
 
 def wait_for_text(path: str, text: str, timeout: float, proc: Any = None) -> bool:

@@ -155,13 +155,7 @@ class Durably:
         return elapsed
 
     def throughput_workers(self, n: int, k: int) -> dict[str, Any]:
-        procs = self.start_workers(k)
-        try:
-            elapsed = asyncio.run(self._client_throughput(n))
-        finally:
-            for proc in procs:
-                stop(proc)
-        return {"n": n, "workers": k, "seconds": elapsed, "per_second": n / elapsed}
+        return throughput_workers_scenario(self, n, k)
 
     # -- sleepers -------------------------------------------------------------------
     async def _start_many(self, wf: Any, args: list[tuple[Any, ...]], chunk: int = 1000) -> None:
@@ -378,14 +372,7 @@ class Dbos:
         return elapsed
 
     def throughput_workers(self, n: int, k: int) -> dict[str, Any]:
-        procs = self.start_workers(k)
-        try:
-            elapsed = asyncio.run(self._client_throughput(n))
-        finally:
-            self.close_client()
-            for proc in procs:
-                stop(proc)
-        return {"n": n, "workers": k, "seconds": elapsed, "per_second": n / elapsed}
+        return throughput_workers_scenario(self, n, k)
 
     # -- shared-shape scenarios -----------------------------------------------------------
     def _warm(self) -> None:
@@ -441,6 +428,18 @@ class Dbos:
 
 def _mark_path(engine: Any, what: str) -> str:
     return os.path.join(engine.db["tmpdir"], f"{what}.marks")
+
+
+def throughput_workers_scenario(engine: Any, n: int, k: int) -> dict[str, Any]:
+    """``k`` worker processes, and this process as the client starting ``n`` runs."""
+    procs = engine.start_workers(k)
+    try:
+        elapsed = asyncio.run(engine._client_throughput(n))
+    finally:
+        engine.close_client()
+        for proc in procs:
+            stop(proc)
+    return {"n": n, "workers": k, "seconds": elapsed, "per_second": n / elapsed}
 
 
 def sleep_scenario(engine: Any, n: int, sleep_seconds: float) -> dict[str, Any]:

@@ -11,10 +11,8 @@ import durably
 from conftest import eventually
 
 
-async def test_runs_execute_concurrently_up_to_the_limit(
-    make_app: Callable[..., durably.App],
-) -> None:
-    app = make_app()
+def peak_counting_step(app: durably.App, seconds: float) -> tuple[Any, dict[str, int]]:
+    """A sync step that takes ``seconds``; ``now["peak"]`` is the most run at once."""
     lock = threading.Lock()
     now = {"running": 0, "peak": 0}
 
@@ -23,10 +21,19 @@ async def test_runs_execute_concurrently_up_to_the_limit(
         with lock:
             now["running"] += 1
             now["peak"] = max(now["peak"], now["running"])
-        threading.Event().wait(0.3)
+        threading.Event().wait(seconds)
         with lock:
             now["running"] -= 1
         return n
+
+    return busy, now
+
+
+async def test_runs_execute_concurrently_up_to_the_limit(
+    make_app: Callable[..., durably.App],
+) -> None:
+    app = make_app()
+    busy, now = peak_counting_step(app, 0.3)
 
     @app.workflow()
     async def one(ctx: durably.Context, n: int) -> int:
@@ -168,18 +175,7 @@ async def test_local_starts_during_a_slow_claim_never_overfill_the_worker(
         return real_claim(*args, **kwargs)
 
     storage.claim = slow_claim  # type: ignore[method-assign]
-    lock = threading.Lock()
-    now = {"running": 0, "peak": 0}
-
-    @app.step()
-    def busy(n: int) -> int:
-        with lock:
-            now["running"] += 1
-            now["peak"] = max(now["peak"], now["running"])
-        threading.Event().wait(0.5)
-        with lock:
-            now["running"] -= 1
-        return n
+    busy, now = peak_counting_step(app, 0.5)
 
     @app.workflow()
     async def one(ctx: durably.Context, n: int) -> int:
