@@ -377,7 +377,7 @@ class App:
     def _local_worker(self) -> Worker | None:
         loop = asyncio.get_running_loop()
         for worker in self._workers:
-            if worker.loop is loop and worker.has_room():
+            if worker.loop is loop and worker.may_have_room():
                 return worker
         return None
 
@@ -519,21 +519,21 @@ class App:
             )
         # Both on this loop's thread, so a worker here cannot end the run in between.
         local = self._held_here(run_id)
-        watched = self._results().watch(run_id, check=not local)
-        if not local:  # a worker here hands the result over: no read needed
-            try:
-                record = await self._off_loop(self._record, run_id)
-            except BaseException:
-                self._results().forget(run_id, watched)
-                raise
-            if record.status in TERMINAL:
-                self._results().forget(run_id, watched)
-                return record
+        loop = asyncio.get_running_loop()
+        watched = self._results().watch_on(loop, run_id, check=not local)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(watched), timeout)  # type: ignore[no-any-return]
+            if not local:  # a worker here hands the result over: no read needed
+                record = await self._off_loop(self._record, run_id)
+                if record.status in TERMINAL:
+                    self._results().forget(run_id, watched)
+                    return record
+            return await asyncio.wait_for(watched, timeout)  # type: ignore[no-any-return]
         except asyncio.TimeoutError:
             self._results().forget(run_id, watched)
             return await self._off_loop(self._record, run_id)
+        except BaseException:  # cancelled, or the read failed
+            self._results().forget(run_id, watched)
+            raise
 
     def _await_terminal_sync(self, run_id: str, timeout: float | None) -> RunRecord | None:
         watched = self._results().watch(run_id)

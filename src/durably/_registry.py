@@ -67,16 +67,22 @@ class WorkflowDef:
             raise PayloadError(
                 f"workflow {self.name!r} cannot be started with these arguments: {exc}"
             ) from None
-        for index, value in enumerate(args):
-            name = self.params[index].name if index < len(self.params) else f"#{index}"
-            _serde.encode(value, what=f"argument {name!r} of workflow {self.name!r}", limit=limit)
-        for key, value in kwargs.items():
-            _serde.encode(value, what=f"argument {key!r} of workflow {self.name!r}", limit=limit)
-        return _serde.encode(
-            {"args": list(args), "kwargs": kwargs},
-            what=f"the arguments of workflow {self.name!r}",
-            limit=limit,
-        )
+        try:
+            return _serde.encode(
+                {"args": list(args), "kwargs": kwargs},
+                what=f"the arguments of workflow {self.name!r}",
+                limit=limit,
+            )
+        except PayloadError:
+            # Name the argument at fault, if one alone is (else the whole is too big).
+            for index, value in enumerate(args):
+                name = self.params[index].name if index < len(self.params) else f"#{index}"
+                what = f"argument {name!r} of workflow {self.name!r}"
+                _serde.encode(value, what=what, limit=limit)
+            for key, value in kwargs.items():
+                what = f"argument {key!r} of workflow {self.name!r}"
+                _serde.encode(value, what=what, limit=limit)
+            raise
 
     def decode_args(self, text: str) -> tuple[list[Any], dict[str, Any]]:
         raw = _serde.loads(text) or {}

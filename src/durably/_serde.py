@@ -80,8 +80,14 @@ def decode(text: str | None, tp: Any = Any) -> Any:
     return convert(json.loads(text), tp)
 
 
+# JSON's own types: a value already of the annotated one needs no conversion.
+_PLAIN = frozenset({int, float, str, bool, type(None)})
+
+
 def convert(value: Any, tp: Any) -> Any:
     """Turn a plain JSON value into ``tp`` (best effort, never guessing)."""
+    if type(value) is tp and tp in _PLAIN:
+        return value
     if tp is Any or tp is None or tp is typing.Any or isinstance(tp, typing.TypeVar):
         return value
     if isinstance(tp, str):  # an unresolved forward reference: leave as is

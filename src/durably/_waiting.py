@@ -84,6 +84,26 @@ class ChangeWaiter:
             unsubscribe()
 
 
+Waiting = Future[Any] | asyncio.Future[Any]
+
+
+def _settle_soon(future: asyncio.Future[Any], value: Any) -> None:
+    """Set ``future``'s result from any thread (directly on its own loop's)."""
+
+    def settle() -> None:
+        if not future.done():
+            future.set_result(value)
+
+    loop = future.get_loop()
+    if asyncio._get_running_loop() is loop:
+        settle()
+        return
+    try:
+        loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # that loop closed: nobody waits any more
+        pass
+
+
 class RunWatcher:
     """Waits for many runs to end with one query per change, not one per waiter.
 
@@ -105,7 +125,7 @@ class RunWatcher:
         self._terminal = terminal
         self._recheck = recheck
         self._lock = threading.Lock()
-        self._futures: dict[str, list[Future[Any]]] = {}
+        self._futures: dict[str, list[Waiting]] = {}
         self._local: set[str] = set()  # runs whose worker here hands the row over
         self._event = threading.Event()
         self._thread: threading.Thread | None = None
@@ -115,6 +135,19 @@ class RunWatcher:
         """A future of the run's final row; ``check=False`` when a worker in
         this process drives it and will hand the row over (no read needed)."""
         future: Future[Any] = Future()
+        self._add(run_id, future, check)
+        return future
+
+    def watch_on(
+        self, loop: asyncio.AbstractEventLoop, run_id: str, *, check: bool = True
+    ) -> asyncio.Future[Any]:
+        """:meth:`watch` as a future of ``loop``: a worker on that loop settles
+        it directly, without a hop through the loop's self-pipe."""
+        future = loop.create_future()
+        self._add(run_id, future, check)
+        return future
+
+    def _add(self, run_id: str, future: Waiting, check: bool) -> None:
         with self._lock:
             self._futures.setdefault(run_id, []).append(future)
             if not check:
@@ -126,9 +159,8 @@ class RunWatcher:
                 self._thread.start()
         if check:
             self._event.set()  # it may have ended just before we started watching
-        return future
 
-    def forget(self, run_id: str, future: Future[Any]) -> None:
+    def forget(self, run_id: str, future: Waiting) -> None:
         with self._lock:
             waiting = self._futures.get(run_id, [])
             if future in waiting:
@@ -142,7 +174,9 @@ class RunWatcher:
             waiting = self._futures.pop(record.id, [])
             self._local.discard(record.id)
         for future in waiting:
-            if not future.done():
+            if isinstance(future, asyncio.Future):
+                _settle_soon(future, record)
+            elif not future.done():
                 future.set_result(record)
 
     def close(self) -> None:

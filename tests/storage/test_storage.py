@@ -377,6 +377,37 @@ def test_fencing_rejects_the_worker_whose_lease_was_taken_over(
     assert record is not None and record.result == '"from B"' and record.status == "completed"
 
 
+def test_a_step_append_racing_a_takeover_waits_for_it_and_is_rejected(
+    storage: Storage, database_url: str, backend: str
+) -> None:
+    # A mid-run step result changes nothing on the run's row, so on PostgreSQL
+    # it only share-locks the row: it must still wait for a takeover in flight
+    # and then see its new epoch, never slip its entry in under the old claim.
+    storage.create_run(new_run("r"))
+    a = claim_one(storage, "A", T0)
+    takeover = "UPDATE {runs} SET owner = 'B', epoch = epoch + 1 WHERE id = 'r'"
+    if backend == "sqlite":
+        raw: Any = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+        raw.execute("BEGIN IMMEDIATE")
+        raw.execute(takeover.format(runs="durably_runs"))
+    else:
+        import psycopg
+
+        raw = psycopg.connect(database_url)  # a transaction stays open until commit()
+        raw.execute(takeover.format(runs="durably.runs"))
+    outcome: list[set[str]] = []
+    append = RunWrite("r", a.epoch, [entry(0, epoch=a.epoch)])
+    writer = threading.Thread(target=lambda: outcome.append(storage.commit("A", [append], T0 + 1)))
+    writer.start()
+    writer.join(0.5)
+    assert writer.is_alive() and outcome == []  # held back by the takeover's lock
+    raw.commit() if backend == "postgres" else raw.execute("COMMIT")
+    writer.join(10)
+    raw.close()
+    assert outcome == [{"r"}]
+    assert storage.load_journal("r") == []
+
+
 def test_group_commit_rejects_only_the_lost_runs(storage: Storage, other: Storage) -> None:
     storage.create_run(new_run("kept", created_at=T0))
     storage.create_run(new_run("lost", created_at=T0 + 0.5))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,21 @@ def peak_counting_step(app: durably.App, seconds: float) -> tuple[Any, dict[str,
         return n
 
     return busy, now
+
+
+def slow_claims(app: durably.App, seconds: float) -> list[float]:
+    """Make every claim of ``app`` take ``seconds`` longer; returns when each began."""
+    storage = app.storage
+    real_claim = storage.claim
+    began: list[float] = []
+
+    def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        began.append(time.monotonic())
+        threading.Event().wait(seconds)
+        return real_claim(*args, **kwargs)
+
+    storage.claim = slow_claim  # type: ignore[method-assign]
+    return began
 
 
 async def test_runs_execute_concurrently_up_to_the_limit(
@@ -167,14 +183,7 @@ async def test_local_starts_during_a_slow_claim_never_overfill_the_worker(
     make_app: Callable[..., durably.App],
 ) -> None:
     app = make_app()
-    storage = app.storage
-    real_claim = storage.claim
-
-    def slow_claim(*args: Any, **kwargs: Any) -> Any:
-        threading.Event().wait(0.3)  # the claim is out while starts arrive
-        return real_claim(*args, **kwargs)
-
-    storage.claim = slow_claim  # type: ignore[method-assign]
+    slow_claims(app, 0.3)  # the claim is out while starts arrive
     busy, now = peak_counting_step(app, 0.5)
 
     @app.workflow()
@@ -191,3 +200,32 @@ async def test_local_starts_during_a_slow_claim_never_overfill_the_worker(
         results = [await h.result(timeout=30) for h in handles]
     assert results == list(range(8))
     assert now["peak"] <= 3 and peak_drivers <= 3
+
+
+async def test_a_local_start_during_a_claim_waits_for_it_and_stays_local(
+    make_app: Callable[..., durably.App],
+) -> None:
+    # The claim in flight holds every free slot; once it comes back empty, the
+    # start still creates its run claimed by this worker (one create write, no
+    # claim of its own) instead of going through the pending queue.
+    app = make_app()
+    claims = slow_claims(app, 0.3)
+
+    @app.step()
+    async def s(x: int) -> int:
+        return x + 1
+
+    @app.workflow()
+    async def one(ctx: durably.Context) -> int:
+        return int(await s(0))
+
+    async with app.worker(concurrency=3) as worker:
+        await eventually(lambda: claims)  # the first claim is now in flight
+        assert not worker.has_room() and worker.may_have_room()
+        handle = await app.start(one, id="during-claim")
+        assert await handle.result(timeout=20) == 1
+        await eventually(lambda: worker.committer.writes >= 2)
+        # Created through the worker's own group commit (the create, then the
+        # step's write that also ends the run), never claimed from the queue.
+        assert worker.committer.writes == 2
+        assert worker.claimed_total == 1

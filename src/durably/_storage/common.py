@@ -184,6 +184,25 @@ def sql_missed(
     return missed
 
 
+def lone_append(writes: Sequence[RunWrite]) -> tuple[RunWrite, Any] | None:
+    """The write and its entry if the batch only appends one journal entry to
+    one run (a step's result in mid-run): backends write that in one fenced
+    statement. None otherwise."""
+    if len(writes) != 1:
+        return None
+    w = writes[0]
+    if (
+        len(w.entries) != 1
+        or w.update is not None
+        or w.create is not None
+        or w.consumed
+        or w.events
+        or w.children
+    ):
+        return None
+    return w, w.entries[0]
+
+
 def partition(writes: Sequence[RunWrite], owned: Mapping[str, int], now: float) -> Partition:
     """Keep the writes whose run is still owned at the epoch they were made in."""
     part = Partition()

@@ -11,6 +11,7 @@ lease, or the polling fallback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -338,13 +339,25 @@ class Worker:
     def has_room(self) -> bool:
         return not self._stopping and len(self.drivers) + self._reserved < self.concurrency
 
+    def may_have_room(self) -> bool:
+        """Room now, or perhaps once the claim in flight (which holds the free
+        slots) returns: worth trying :meth:`start_local`."""
+        return self.has_room() or (self._claiming is not None and not self._stopping)
+
     async def start_local(self, run: NewRun) -> bool:
         """Create ``run`` already claimed by this worker and drive it at once.
 
         False if it cannot (no room, or the id exists): the caller then starts
         it the ordinary way, which also finds an existing run by its id.
         """
-        if not self.has_room() or run.workflow not in self.workflows:
+        if run.workflow not in self.workflows:
+            return False
+        if self._claiming is not None:
+            # A claim in flight holds every free slot until it returns: wait
+            # for it (about one query) rather than take the slow path.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._claiming)
+        if not self.has_room():
             return False
         self._reserved += 1
         try:

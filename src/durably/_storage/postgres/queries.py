@@ -27,16 +27,26 @@ INSERT INTO durably.meta (key, value) VALUES (%s, %s)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value
 """
 
-INSERT_RUNS = """
+_INSERT_RUNS = """
 INSERT INTO durably.runs (id, workflow, version, status, args, created_at, updated_at,
                           parent_id, deadline, priority, epoch, owner, lease_until,
                           started_at)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-                     %s::float8[], %s::float8[], %s::text[], %s::float8[], %s::int[],
-                     %s::bigint[], %s::text[], %s::float8[], %s::float8[])
+{rows}
 ON CONFLICT (id) DO NOTHING
 RETURNING id, workflow, status
 """
+INSERT_RUNS = _INSERT_RUNS.replace(
+    "{rows}",
+    """SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                     %s::float8[], %s::float8[], %s::text[], %s::float8[], %s::int[],
+                     %s::bigint[], %s::text[], %s::float8[], %s::float8[])""",
+)
+# One run (the common start): plain parameters cost the server less than unnest().
+INSERT_RUN = _INSERT_RUNS.replace(
+    "{rows}",
+    """VALUES (%s::text, %s::text, %s::text, %s::text, %s::text, %s::float8, %s::float8,
+        %s::text, %s::float8, %s::int, %s::bigint, %s::text, %s::float8, %s::float8)""",
+)
 
 GET_RUN = f"SELECT {RUN_COLUMNS} FROM durably.runs WHERE id = %s"
 
@@ -273,8 +283,10 @@ SELECT id, (SELECT count(*) FROM notes) FROM fence
 """
 
 # COMMIT_SIMPLE for a batch of one run (the latency path), with plain
-# parameters instead of arrays: a third of the server's work.
-COMMIT_ONE = """
+# parameters instead of arrays: a third of the server's work. ``{entries}``
+# is one of the two row sources below (most writes carry exactly one entry,
+# and unnest() of arrays costs the server more than plain parameters).
+_COMMIT_ONE = """
 WITH fence AS (
     UPDATE durably.runs r SET
         status = CASE WHEN %(change)s THEN COALESCE(%(status)s, r.status) ELSE r.status END,
@@ -293,10 +305,7 @@ WITH fence AS (
     RETURNING r.id, r.status, r.parent_id, r.owner
 ), ins AS (
     INSERT INTO durably.journal (run_id, seq, position, kind, name, payload, loc, at, epoch)
-    SELECT f.id, e.* FROM fence f, unnest(%(e_seq)s::int[], %(e_pos)s::int[],
-        %(e_kind)s::text[], %(e_name)s::text[], %(e_payload)s::text[], %(e_loc)s::text[],
-        %(e_at)s::float8[], %(e_epoch)s::bigint[])
-        AS e(seq, position, kind, name, payload, loc, at, epoch)
+    {entries}
 ), parents AS (
     UPDATE durably.runs p SET wake_at = %(now)s
     WHERE p.status = 'suspended'
@@ -309,4 +318,26 @@ WITH fence AS (
     SELECT pg_notify('durably_work', id) FROM fence WHERE %(release)s AND status = 'running'
 )
 SELECT id, (SELECT count(*) FROM notes) FROM fence
+"""
+_ONE_ENTRY = """SELECT f.id, %(seq)s::int, %(pos)s::int, %(kind)s::text, %(name)s::text,
+        %(payload)s::text, %(loc)s::text, %(at)s::float8, %(epoch)s::bigint FROM fence f"""
+_ENTRIES = """SELECT f.id, e.* FROM fence f, unnest(%(e_seq)s::int[], %(e_pos)s::int[],
+        %(e_kind)s::text[], %(e_name)s::text[], %(e_payload)s::text[], %(e_loc)s::text[],
+        %(e_at)s::float8[], %(e_epoch)s::bigint[])
+        AS e(seq, position, kind, name, payload, loc, at, epoch)"""
+COMMIT_ONE = _COMMIT_ONE.replace("{entries}", _ENTRIES)
+COMMIT_ONE_ENTRY = _COMMIT_ONE.replace("{entries}", _ONE_ENTRY)
+
+# A step's result mid-run: one entry, no change to the run's row. A share
+# lock on the row instead of an update still fences off a takeover (a claim's
+# UPDATE waits for it, and this waits for a claim and then sees the new
+# epoch), without writing a new row version.
+APPEND_ONE = """
+INSERT INTO durably.journal (run_id, seq, position, kind, name, payload, loc, at, epoch)
+SELECT r.id, %(seq)s::int, %(pos)s::int, %(kind)s::text, %(name)s::text,
+    %(payload)s::text, %(loc)s::text, %(at)s::float8, r.epoch
+FROM durably.runs r
+WHERE r.id = %(id)s AND r.owner = %(me)s AND r.epoch = %(epoch)s
+FOR SHARE
+RETURNING run_id
 """

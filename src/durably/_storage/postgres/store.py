@@ -41,6 +41,7 @@ from ..common import (
     check_open,
     check_version,
     filter_sql,
+    lone_append,
     migrations,
     partition,
     run_row,
@@ -204,8 +205,11 @@ class PostgresStorage(Storage):
     # -- runs ------------------------------------------------------------------
     def _insert_runs(self, conn: psycopg.Connection[Any], runs: Sequence[NewRun]) -> set[str]:
         """Insert runs (ON CONFLICT DO NOTHING); the ids created, runnable ones announced."""
-        columns = [list(col) for col in zip(*(run_row(r) for r in runs), strict=True)]
-        created = conn.execute(q.INSERT_RUNS, columns).fetchall()
+        if len(runs) == 1:
+            created = conn.execute(q.INSERT_RUN, run_row(runs[0])).fetchall()
+        else:
+            columns = [list(col) for col in zip(*(run_row(r) for r in runs), strict=True)]
+            created = conn.execute(q.INSERT_RUNS, columns).fetchall()
         workflows = sorted({wf for _, wf, status in created if status == "pending"})
         if workflows:
             with conn.cursor() as cur:
@@ -276,6 +280,9 @@ class PostgresStorage(Storage):
             with self._conn() as conn:
                 created = self._insert_runs(conn, [writes[0].create])  # type: ignore[list-item]
             return set() if created else {writes[0].run_id}
+        append = lone_append(writes)
+        if append is not None:
+            return self._append_one(worker_id, *append)
         if all(_simple(w) for w in writes):
             if len(writes) == 1:
                 return self._commit_one(worker_id, writes[0], now)
@@ -321,34 +328,47 @@ class PostgresStorage(Storage):
                     cur.executemany(q.NOTIFY, notes)
         return part.rejected
 
+    def _append_one(self, worker_id: str, write: RunWrite, e: Entry) -> set[str]:
+        """A step's result in mid-run (see ``q.APPEND_ONE``)."""
+        params = _entry_params(e)
+        params.update(me=worker_id, id=write.run_id, epoch=write.epoch)
+        with self._conn() as conn:
+            kept = conn.execute(q.APPEND_ONE, params).fetchall()
+        return set() if kept else {write.run_id}
+
     def _commit_one(self, worker_id: str, write: RunWrite, now: float) -> set[str]:
         """One run's simple write (see ``q.COMMIT_ONE``)."""
         u = write.update
         entries = write.entries
-        params = {
-            "me": worker_id,
-            "now": now,
-            "id": write.run_id,
-            "epoch": write.epoch,
-            "change": u is not None,
-            "status": u.status if u else None,
-            "result": u.result if u else None,
-            "error": u.error if u else None,
-            "wake": u.wake_at if u else None,
-            "release": bool(u and u.release),
-            "version": u.version if u else None,
-            "pin": bool(u and u.pin),
-            "e_seq": [e.seq for e in entries],
-            "e_pos": [e.position for e in entries],
-            "e_kind": [e.kind for e in entries],
-            "e_name": [e.name for e in entries],
-            "e_payload": [e.payload for e in entries],
-            "e_loc": [e.loc for e in entries],
-            "e_at": [e.at for e in entries],
-            "e_epoch": [write.epoch for _ in entries],
-        }
+        params: dict[str, Any] = {"me": worker_id, "id": write.run_id, "epoch": write.epoch}
+        if len(entries) == 1:
+            params.update(_entry_params(entries[0]))
+            statement = q.COMMIT_ONE_ENTRY
+        else:
+            params.update(
+                e_seq=[e.seq for e in entries],
+                e_pos=[e.position for e in entries],
+                e_kind=[e.kind for e in entries],
+                e_name=[e.name for e in entries],
+                e_payload=[e.payload for e in entries],
+                e_loc=[e.loc for e in entries],
+                e_at=[e.at for e in entries],
+                e_epoch=[write.epoch for _ in entries],
+            )
+            statement = q.COMMIT_ONE
+        params.update(
+            now=now,
+            change=u is not None,
+            status=u.status if u else None,
+            result=u.result if u else None,
+            error=u.error if u else None,
+            wake=u.wake_at if u else None,
+            release=bool(u and u.release),
+            version=u.version if u else None,
+            pin=bool(u and u.pin),
+        )
         with self._conn() as conn:
-            kept = conn.execute(q.COMMIT_ONE, params).fetchall()
+            kept = conn.execute(statement, params).fetchall()
         return set() if kept else {write.run_id}
 
     def _commit_simple(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> set[str]:
@@ -495,6 +515,18 @@ class PostgresStorage(Storage):
                 log.debug("LISTEN connection lost (%s); reconnecting", exc)
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def _entry_params(e: Entry) -> dict[str, Any]:
+    return {
+        "seq": e.seq,
+        "pos": e.position,
+        "kind": e.kind,
+        "name": e.name,
+        "payload": e.payload,
+        "loc": e.loc,
+        "at": e.at,
+    }
 
 
 def _simple(write: RunWrite) -> bool:

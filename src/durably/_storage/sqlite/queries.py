@@ -97,6 +97,13 @@ INSERT INTO durably_journal (run_id, seq, position, kind, name, payload, loc, at
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
+# A step's result in mid-run: one fenced statement, its own transaction.
+APPEND_ONE = """
+INSERT INTO durably_journal (run_id, seq, position, kind, name, payload, loc, at, epoch)
+SELECT id, ?, ?, ?, ?, ?, ?, ?, epoch FROM durably_runs
+WHERE id = ? AND owner = ? AND epoch = ?
+"""
+
 UPDATE_RUN = """
 UPDATE durably_runs
 SET status = COALESCE(:status, status),

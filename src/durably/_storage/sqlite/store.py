@@ -42,6 +42,7 @@ from ..common import (
     check_open,
     check_version,
     filter_sql,
+    lone_append,
     migrations,
     partition,
     run_row,
@@ -297,6 +298,17 @@ class SQLiteStorage(Storage):
     def commit(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> set[str]:
         if not writes:
             return set()
+        append = lone_append(writes)
+        if append is not None:
+            w, e = append
+            row = (e.seq, e.position, e.kind, e.name, e.payload, e.loc, e.at)
+            fence = (w.run_id, worker_id, w.epoch)
+
+            def one(conn: sqlite3.Connection) -> set[str]:
+                kept = conn.execute(q.APPEND_ONE, row + fence).rowcount
+                return set() if kept == 1 else {w.run_id}
+
+            return self._retry(one)
 
         def tx(conn: sqlite3.Connection) -> set[str]:
             with self._write(conn):
