@@ -429,6 +429,30 @@ def test_group_commit_rejects_only_the_lost_runs(storage: Storage, other: Storag
     assert lost is not None and lost.status == "running" and lost.owner == "B"
 
 
+def test_group_commit_of_step_results_rejects_only_the_lost_runs(
+    storage: Storage, other: Storage
+) -> None:
+    # Appends that change no row (the share-locked path) in one batch with a
+    # run that ends: each is fenced on its own.
+    for i, run_id in enumerate(["kept", "lost", "ends"]):
+        storage.create_run(new_run(run_id, created_at=T0 + i / 10))
+    runs = {r.id: r for r in storage.claim("A", ["wf"], 10, T0 + 1, LEASE)}
+    assert other.set_status("lost", "pending", T0 + 2)
+    assert claim_one(other, "B", T0 + 2).id == "lost"
+    writes = [
+        RunWrite("kept", runs["kept"].epoch, [entry(0)]),
+        RunWrite("lost", runs["lost"].epoch, [entry(0)]),
+        RunWrite("ends", runs["ends"].epoch, [entry(0)], RunUpdate(status="completed")),
+    ]
+    assert storage.commit("A", writes, T0 + 3) == {"lost"}
+    assert [e.seq for e in storage.load_journal("kept")] == [0]
+    assert storage.load_journal("lost") == []
+    ended = storage.get_run("ends")
+    assert ended is not None and ended.status == "completed"
+    kept = storage.get_run("kept")
+    assert kept is not None and (kept.status, kept.owner) == ("running", "A")
+
+
 def test_commit_for_a_run_never_claimed_is_rejected(storage: Storage) -> None:
     storage.create_run(new_run("r"))
     assert storage.commit("w1", [RunWrite("r", 0, [entry(0)])], T0) == {"r"}

@@ -235,14 +235,20 @@ TABLES = {"runs": "durably.runs", "signals": "durably.signals"}
 # The common group commit in one statement (one round trip): each run's row
 # is updated only where this worker still holds it at that epoch (the row
 # lock this takes fences off a concurrent takeover), and only those runs'
-# entries are inserted. Used when the batch has nothing but entries and row
-# changes (no new runs, signals, events, children or runs going to sleep).
+# entries are inserted. A run whose row does not change (a step's result in
+# mid-run) is share-locked instead of updated, as in APPEND_ONE. Used when
+# the batch has nothing but entries and row changes (no new runs, signals,
+# events, children or runs going to sleep).
 COMMIT_SIMPLE = """
 WITH w AS (
     SELECT * FROM unnest(%(ids)s::text[], %(epochs)s::bigint[], %(changes)s::bool[],
         %(statuses)s::text[], %(results)s::text[], %(errors)s::text[],
         %(wakes)s::float8[], %(releases)s::bool[], %(versions)s::text[], %(pins)s::bool[])
         AS w(id, epoch, change, status, result, error, wake_at, release, version, pin)
+), held AS (
+    SELECT r.id FROM durably.runs r JOIN w ON r.id = w.id AND r.epoch = w.epoch
+    WHERE r.id = ANY(%(held)s::text[]) AND r.owner = %(me)s
+    FOR SHARE OF r
 ), fence AS (
     UPDATE durably.runs r SET
         status = CASE WHEN w.change THEN COALESCE(w.status, r.status) ELSE r.status END,
@@ -258,7 +264,7 @@ WITH w AS (
         pinned = r.pinned OR w.pin,
         updated_at = %(now)s
     FROM w
-    WHERE r.id = w.id AND r.owner = %(me)s AND r.epoch = w.epoch
+    WHERE w.change AND r.id = w.id AND r.owner = %(me)s AND r.epoch = w.epoch
     RETURNING r.id, r.status, r.parent_id, r.owner, w.release
 ), ins AS (
     INSERT INTO durably.journal (run_id, seq, position, kind, name, payload, loc, at, epoch)
@@ -266,7 +272,7 @@ WITH w AS (
         %(e_kind)s::text[], %(e_name)s::text[], %(e_payload)s::text[], %(e_loc)s::text[],
         %(e_at)s::float8[], %(e_epoch)s::bigint[])
         AS e(run_id, seq, position, kind, name, payload, loc, at, epoch)
-    WHERE e.run_id IN (SELECT id FROM fence)
+    WHERE e.run_id IN (SELECT id FROM fence UNION ALL SELECT id FROM held)
 ), parents AS (
     UPDATE durably.runs p SET wake_at = %(now)s
     WHERE p.status = 'suspended'
@@ -280,6 +286,7 @@ WITH w AS (
     SELECT pg_notify('durably_work', id) FROM fence WHERE release AND status = 'running'
 )
 SELECT id, (SELECT count(*) FROM notes) FROM fence
+UNION ALL SELECT id, 0 FROM held
 """
 
 # COMMIT_SIMPLE for a batch of one run (the latency path), with plain

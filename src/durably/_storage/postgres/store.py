@@ -379,6 +379,7 @@ class PostgresStorage(Storage):
             "me": worker_id,
             "now": now,
             "ids": [w.run_id for w in writes],
+            "held": [w.run_id for w in writes if w.update is None],
             "epochs": [w.epoch for w in writes],
             "changes": [u is not None for u in updates],
             "statuses": [u.status if u else None for u in updates],
