@@ -376,8 +376,13 @@ class App:
 
     def _local_worker(self) -> Worker | None:
         loop = asyncio.get_running_loop()
-        for worker in self._workers:
-            if worker.loop is loop and worker.may_have_room():
+        here = [worker for worker in self._workers if worker.loop is loop]
+        # One with room now first; else one whose claim in flight may leave some.
+        for worker in here:
+            if worker.has_room():
+                return worker
+        for worker in here:
+            if worker.may_have_room():
                 return worker
         return None
 
@@ -527,11 +532,15 @@ class App:
                 if record.status in TERMINAL:
                     self._results().forget(run_id, watched)
                     return record
+        except BaseException:  # cancelled, or the read failed
+            self._results().forget(run_id, watched)
+            raise
+        try:
             return await asyncio.wait_for(watched, timeout)  # type: ignore[no-any-return]
         except asyncio.TimeoutError:
             self._results().forget(run_id, watched)
             return await self._off_loop(self._record, run_id)
-        except BaseException:  # cancelled, or the read failed
+        except BaseException:  # cancelled
             self._results().forget(run_id, watched)
             raise
 
