@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._engine.journal import Entry
 from .._errors import DatabaseError, RunFinished, RunNotFound
 from .base import TERMINAL, Listener, NewRun, RunFilter, RunUpdate, RunWrite
 
@@ -184,7 +185,7 @@ def sql_missed(
     return missed
 
 
-def lone_append(writes: Sequence[RunWrite]) -> tuple[RunWrite, Any] | None:
+def lone_append(writes: Sequence[RunWrite]) -> tuple[RunWrite, Entry] | None:
     """The write and its entry if the batch only appends one journal entry to
     one run (a step's result in mid-run): backends write that in one fenced
     statement. None otherwise."""
