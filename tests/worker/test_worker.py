@@ -229,3 +229,51 @@ async def test_a_local_start_during_a_claim_waits_for_it_and_stays_local(
         # step's write that also ends the run), never claimed from the queue.
         assert worker.committer.writes == 2
         assert worker.claimed_total == 1
+
+
+async def test_a_sync_step_queued_for_a_thread_past_its_lease_never_runs(
+    make_app: Callable[..., durably.App],
+) -> None:
+    # The driver checks the lease when it hands a sync step to the thread pool,
+    # but the job may wait there (busy threads, a frozen process) until another
+    # worker has taken the run over: the lease is checked again in the thread,
+    # right before the step runs.
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = make_app()
+    release = threading.Event()
+    ran: list[str] = []
+
+    @app.step()
+    def hold() -> int:
+        release.wait(20)
+        return 1
+
+    @app.step()
+    def effect() -> int:
+        ran.append("effect")
+        return 2
+
+    @app.workflow()
+    async def holder(ctx: durably.Context) -> int:
+        return int(await hold())
+
+    @app.workflow()
+    async def queued(ctx: durably.Context) -> int:
+        return int(await effect())
+
+    async with app.worker() as worker:
+        worker.step_threads = ThreadPoolExecutor(1)  # one thread, kept busy by hold()
+        first = await app.start(holder)
+        await eventually(lambda: first.id in worker.drivers and worker.drivers[first.id]._active)
+        second = await app.start(queued)
+        await eventually(lambda: second.id in worker.drivers and worker.drivers[second.id]._active)
+        await asyncio.sleep(0.2)  # effect() now waits in the pool's queue
+        # The lease goes stale meanwhile and cannot be renewed (taken over).
+        worker.lease_fresh = lambda driver: False  # type: ignore[method-assign]
+        app.storage.renew = lambda *args, **kwargs: []  # type: ignore[method-assign]
+        release.set()
+        await eventually(lambda: second.id not in worker.drivers)
+        await asyncio.sleep(0.2)
+        assert ran == []  # dropped as taken over, without running its step
+        worker.step_threads.shutdown(wait=False)

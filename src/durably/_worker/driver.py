@@ -573,32 +573,46 @@ class RunDriver:
             self.claimed_at = now
         return bool(renewed)
 
-    async def _attempt(self, call: StepCall) -> None:
+    def _lease_fresh(self) -> bool:
+        return self.worker.lease_fresh(self)  # a clock comparison: safe from a step thread
+
+    async def _run_while_ours(self, call: StepCall) -> tuple[Entry, StepCall | None] | None:
+        """One attempt, begun only while the lease certainly holds; None if it was lost."""
         assert self.instance is not None
-        if not await self._still_ours():
-            # Another worker took the run over while this one stood still: it
-            # must not run a step the other may already have run and recorded.
-            self._active.pop(call.position, None)
-            self._post("lease_lost", None)
-            return
+        while await self._still_ours():
+            try:
+                return await steps.execute(
+                    call,
+                    self.instance.step_key(call.position),
+                    self.worker.step_threads,
+                    self._loop,
+                    self._clock,
+                    self.worker.payload_limit,
+                    guard=self._lease_fresh,
+                )
+            except steps.LeaseStale:
+                continue  # it waited for a thread past the lease: confirm the lease first
+        # Another worker took the run over while this one stood still: it
+        # must not run a step the other may already have run and recorded.
+        self._active.pop(call.position, None)
+        self._post("lease_lost", None)
+        return None
+
+    async def _attempt(self, call: StepCall) -> None:
         try:
-            entry, retry = await steps.execute(
-                call,
-                self.instance.step_key(call.position),
-                self.worker.step_threads,
-                self._loop,
-                self._clock,
-                self.worker.payload_limit,
-            )
+            outcome = await self._run_while_ours(call)
         except asyncio.CancelledError as exc:
             if call.position in self._cancelled_steps or self.finished:
                 raise  # we cancelled it
             # The step's own code raised CancelledError (e.g. an inner task of
             # it was cancelled): that is a failed attempt like any other error.
             error = exc.__class__("the step raised CancelledError")
-            entry, retry = steps.failure_entry(call, error, self._clock()), None
+            outcome = steps.failure_entry(call, error, self._clock()), None
             if call.retry.retries(call.attempt, exc):
-                entry, retry = steps.retry_entries(call, error, self._clock())
+                outcome = steps.retry_entries(call, error, self._clock())
+        if outcome is None:
+            return
+        entry, retry = outcome
         if retry is None:
             self._post("complete", entry)
         else:

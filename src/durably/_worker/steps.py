@@ -26,17 +26,42 @@ def is_async_callable(fn: Any) -> bool:
     )
 
 
+class LeaseStale(Exception):
+    """The run's lease went stale while a sync step waited for a thread: the
+    step did not run; confirm the lease before trying again."""
+
+
+def _guarded(guard: Callable[[], bool], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    # Checked in the step's own thread, right before the effect: a job can wait
+    # in the pool's queue (busy threads, a frozen process) long after the
+    # driver checked the lease, and another worker may have taken over since.
+    if not guard():
+        raise LeaseStale()
+    return fn(*args, **kwargs)
+
+
 async def run_attempt(
-    call: StepCall, key: str, executor: Executor, loop: asyncio.AbstractEventLoop
+    call: StepCall,
+    key: str,
+    executor: Executor,
+    loop: asyncio.AbstractEventLoop,
+    guard: Callable[[], bool] | None = None,
 ) -> Any:
-    """Run ``call.fn`` once (with its timeout) and return its raw result."""
+    """Run ``call.fn`` once (with its timeout) and return its raw result.
+
+    ``guard`` (a sync step only) is checked in the step's thread just before
+    it runs; if False, :class:`LeaseStale` is raised and nothing ran.
+    """
     current_step_key.set(key)
     fn, args, kwargs = call.fn, call.args, call.kwargs
     if is_async_callable(fn):
         awaitable = fn(*args, **kwargs)
     else:
         ctx = contextvars.copy_context()
-        bound = functools.partial(ctx.run, fn, *args, **kwargs)
+        if guard is not None:
+            bound = functools.partial(ctx.run, _guarded, guard, fn, *args, **kwargs)
+        else:
+            bound = functools.partial(ctx.run, fn, *args, **kwargs)
         awaitable = loop.run_in_executor(executor, bound)
     try:
         if call.timeout is not None:
@@ -79,18 +104,19 @@ async def execute(
     loop: asyncio.AbstractEventLoop,
     clock: Callable[[], float],
     limit: int,
+    guard: Callable[[], bool] | None = None,
 ) -> tuple[Entry, StepCall | None]:
     """One attempt. Returns the entry to journal and, if retrying, the next call."""
     try:
         fault("step.before", call.name)
         try:
-            result = await run_attempt(call, key, executor, loop)
+            result = await run_attempt(call, key, executor, loop, guard)
         finally:
             fault("step.after_effect", call.name)
         return success_entry(call, result, clock(), limit), None
     except PayloadError as exc:
         return failure_entry(call, exc, clock()), None
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, LeaseStale):
         raise  # the caller tells its own cancellation from the step's
     except BaseException as exc:  # noqa: BLE001 - a step's error is data, even SystemExit
         if not call.retry.retries(call.attempt, exc):
