@@ -327,6 +327,50 @@ def test_commit_records_failure_and_new_version(storage: Storage) -> None:
     assert record.result is None
 
 
+def test_commit_nowait_writes_like_commit_or_declines_without_writing(
+    storage: Storage, backend: str, database_url: str
+) -> None:
+    storage.create_run(new_run("r"))
+    run = claim_one(storage, "w1", T0)
+    write = RunWrite("r", run.epoch, [entry(0)], RunUpdate(status="running"))
+    if backend != "sqlite":
+        # A network round trip is never made on the event loop: always declined.
+        assert storage.commit_nowait("w1", [write], T0 + 1) is None
+        assert storage.load_journal("r") == []
+        return
+    assert storage.commit_nowait("w1", [write], T0 + 1) == set()
+    assert [e.seq for e in storage.load_journal("r")] == [0]
+    assert storage.commit_nowait("w2", [RunWrite("r", run.epoch, [entry(1)])], T0 + 1) == {"r"}
+    # Another process holds the write lock: declined at once, nothing written.
+    holder = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    began = time.monotonic()
+    assert storage.commit_nowait("w1", [RunWrite("r", run.epoch, [entry(1)])], T0 + 2) is None
+    assert time.monotonic() - began < 1.0
+    holder.execute("COMMIT")
+    holder.close()
+    assert [e.seq for e in storage.load_journal("r")] == [0]
+
+
+def test_a_sqlite_claim_that_finds_nothing_does_not_wait_for_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    # Every commit wakes the claim loop; most of those claims find nothing, and
+    # they must not queue for SQLite's one write lock to learn that.
+    storage = open_storage(f"sqlite:///{tmp_path / 'd.db'}")
+    storage.migrate()
+    holder = sqlite3.connect(tmp_path / "d.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    began = time.monotonic()
+    assert storage.claim("w1", ["wf"], 10, T0, LEASE) == []
+    assert time.monotonic() - began < 1.0
+    holder.execute("COMMIT")
+    holder.close()
+    storage.create_run(new_run("r"))
+    assert [r.id for r in storage.claim("w1", ["wf"], 10, T0, LEASE)] == ["r"]
+    storage.close()
+
+
 def test_commit_of_nothing_is_a_no_op(storage: Storage) -> None:
     assert storage.commit("w1", [], T0) == set()
 

@@ -277,3 +277,104 @@ async def test_a_sync_step_queued_for_a_thread_past_its_lease_never_runs(
         await asyncio.sleep(0.2)
         assert ran == []  # dropped as taken over, without running its step
         worker.step_threads.shutdown(wait=False)
+
+
+def commit_threads(app: durably.App) -> list[tuple[str, int]]:
+    """Record which storage call wrote each batch, and on which thread ("busy":
+    a commit on the loop was declined)."""
+    storage = app.storage
+    real_commit, real_nowait = storage.commit, storage.commit_nowait
+    calls: list[tuple[str, int]] = []
+
+    def commit(*args: Any) -> Any:
+        calls.append(("commit", threading.get_ident()))
+        return real_commit(*args)
+
+    def commit_nowait(*args: Any) -> Any:
+        lost = real_nowait(*args)
+        calls.append(("nowait" if lost is not None else "busy", threading.get_ident()))
+        return lost
+
+    storage.commit = commit  # type: ignore[method-assign]
+    storage.commit_nowait = commit_nowait  # type: ignore[method-assign]
+    return calls
+
+
+async def test_a_lone_run_commits_on_the_loop_and_busy_workers_group_on_the_thread(
+    make_app: Callable[..., durably.App], backend: str
+) -> None:
+    app = make_app()
+    calls = commit_threads(app)
+
+    @app.step()
+    async def s(x: int) -> int:
+        await asyncio.sleep(0)
+        return x + 1
+
+    @app.workflow()
+    async def three(ctx: durably.Context, x: int) -> int:
+        return int(await s(await s(await s(x))))
+
+    loop_thread = threading.get_ident()
+    async with app.worker(concurrency=50) as worker:
+        handle = await app.start(three, 0)
+        assert await handle.result(timeout=20) == 3
+        await eventually(lambda: worker.committer.writes >= 4)
+        lone = [c for c in calls if c[0] != "busy"]  # PostgreSQL: never on the loop
+        calls.clear()
+        handles = [await app.start(three, i) for i in range(50)]
+        assert [await h.result(timeout=60) for h in handles] == [i + 3 for i in range(50)]
+    assert len(lone) == 4  # the create, then one write per step (the last ends the run)
+    if backend == "sqlite":
+        # A local file and nothing to group with: no hand-off to the thread.
+        assert lone == [("nowait", loop_thread)] * 4
+    else:
+        # A network round trip never blocks the loop: always the thread.
+        assert all(kind == "commit" and thread != loop_thread for kind, thread in lone)
+    # Fifty runs at once: nearly everything goes through the committer
+    # thread's group commits.
+    on_thread = [c for c in calls if c[0] == "commit" and c[1] != loop_thread]
+    assert len(on_thread) > len(calls) / 2
+    assert worker.committer.batches < worker.committer.writes
+
+
+async def test_a_lone_run_waits_for_another_process_lock_off_the_loop(tmp_path: Any) -> None:
+    # The loop never waits on another process's SQLite write lock: the commit
+    # it would have made itself goes to the committer thread, which waits.
+    # (PostgreSQL commits always go through the thread: see the test above.)
+    import sqlite3
+
+    app = durably.App("test", f"sqlite:///{tmp_path / 'durably.db'}", lease_seconds=2.0)
+
+    @app.step()
+    async def s(x: int) -> int:
+        return x + 1
+
+    @app.workflow()
+    async def two(ctx: durably.Context, x: int) -> int:
+        return int(await s(await s(x)))
+
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    async with app.worker():
+        assert await (await app.start(two, 0)).result(timeout=20) == 2
+        other = sqlite3.connect(str(tmp_path / "durably.db"), isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process's write, in progress
+        ticking = asyncio.get_running_loop().create_task(ticker())
+        starting = asyncio.get_running_loop().create_task(app.start(two, 1))
+        await asyncio.sleep(0.5)
+        held_ticks = ticks
+        assert not starting.done()  # its create waits for the lock
+        other.execute("COMMIT")
+        handle = await asyncio.wait_for(starting, 20)
+        assert await handle.result(timeout=20) == 3
+        ticking.cancel()
+        other.close()
+    app.close()
+    assert held_ticks >= 20  # about 50: the loop kept running while the lock was held

@@ -185,6 +185,16 @@ class Storage(abc.ABC):
     def commit(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> set[str]:
         """Write a batch in one transaction; returns ids whose claim was lost."""
 
+    def commit_nowait(
+        self, worker_id: str, writes: Sequence[RunWrite], now: float
+    ) -> set[str] | None:
+        """:meth:`commit`, if it can be done without waiting on anything but the
+        disk; None (nothing written) if it would have to wait, e.g. for another
+        process's write lock. Called on a worker's event loop when it drives a
+        single run (see the committer); a backend whose commit is a network
+        round trip keeps this default and is always committed from a thread."""
+        return None
+
     @abc.abstractmethod
     def renew(
         self, worker_id: str, run_ids: Sequence[str], now: float, lease_seconds: float

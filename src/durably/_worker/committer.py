@@ -7,6 +7,13 @@ load that amortises one fsync (SQLite) or one round trip plus WAL flush
 a write back on purpose. A run only waits for its own write, so the
 write-ahead rule holds per run: its next step starts after its entries are
 durable.
+
+A worker driving a single run has nothing to group: there the hand-off to
+the thread and back (two thread wake-ups, about a fifth of a short run's
+time) is all the thread adds. So when the worker says it is alone and no
+write is in flight, a backend that can commit without waiting on another
+process (SQLite: a local file) commits on the event loop itself, and hands
+the write to the thread only if it would have to wait.
 """
 
 from __future__ import annotations
@@ -42,9 +49,12 @@ class Committer:
         clock: Callable[[], float],
         loop: asyncio.AbstractEventLoop,
         outage: Outage | None = None,
+        alone: Callable[[str], bool] = lambda run_id: False,
     ) -> None:
         self._storage = storage
         self._outage = outage or Outage()
+        self._alone = alone
+        self._in_flight = 0  # writes handed to the thread, not yet answered (loop thread)
         self._worker_id = worker_id
         self._clock = clock
         self._loop = loop
@@ -59,9 +69,29 @@ class Committer:
     def submit(self, write: RunWrite) -> asyncio.Future[bool]:
         """Queue ``write``; the future says True (durable) or False (lease lost)."""
         fut: asyncio.Future[bool] = self._loop.create_future()
+        if not self._in_flight and self._alone(write.run_id) and self._commit_here(write, fut):
+            return fut
+        self._in_flight += 1
         self._queue.append((write, fut))
         self._event.set()
         return fut
+
+    def _commit_here(self, write: RunWrite, fut: asyncio.Future[bool]) -> bool:
+        """Commit ``write`` on the loop if that needs no waiting; False if not
+        (nothing was written: the thread takes it, with its patience)."""
+        try:
+            fault("commit.before")
+            lost = self._storage.commit_nowait(self._worker_id, [write], self._clock())
+        except Exception:  # noqa: BLE001 - a failed transaction wrote nothing
+            return False
+        if lost is None:
+            return False
+        fault("commit.after")
+        self._outage.recovered()
+        self.batches += 1
+        self.writes += 1
+        fut.set_result(write.run_id not in lost)
+        return True
 
     def stop(self) -> None:
         self._stopped = True
@@ -101,9 +131,13 @@ class Committer:
         self.batches += 1
         self.writes += len(batch)
         try:
-            self._loop.call_soon_threadsafe(_resolve, batch, result)
+            self._loop.call_soon_threadsafe(self._answer, batch, result)
         except RuntimeError:  # loop closed: the worker is gone
             pass
+
+    def _answer(self, batch: list[tuple[RunWrite, asyncio.Future[bool]]], result: Any) -> None:
+        self._in_flight -= len(batch)
+        _resolve(batch, result)
 
     def _commit_riding_out_outages(
         self, batch: list[tuple[RunWrite, asyncio.Future[bool]]]

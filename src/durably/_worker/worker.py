@@ -119,8 +119,15 @@ class Worker:
             self.concurrency, thread_name_prefix="durably-workflow"
         )
         await self.io(self.storage.migrate)
-        committer = InlineCommitter if self.inline else Committer
-        self.committer = committer(self.storage, self.id, self.clock, self.loop, self.outage)
+        self.committer: Committer | InlineCommitter
+        if self.inline:
+            self.committer = InlineCommitter(
+                self.storage, self.id, self.clock, self.loop, self.outage
+            )
+        else:
+            self.committer = Committer(
+                self.storage, self.id, self.clock, self.loop, self.outage, alone=self._alone
+            )
         self._unsubscribe.append(self.storage.subscribe(self._notified))
         if self._subscribe_local is not None:
             self._unsubscribe.append(self._subscribe_local(self._notified))
@@ -338,6 +345,13 @@ class Worker:
 
     def has_room(self) -> bool:
         return not self._stopping and len(self.drivers) + self._reserved < self.concurrency
+
+    def _alone(self, run_id: str) -> bool:
+        """Whether no run but ``run_id`` is in progress here (the committer's cue
+        that there is nothing to group its write with)."""
+        if len(self.drivers) > 2:
+            return False
+        return all(d.finished or d.run_id == run_id for d in self.drivers.values())
 
     def may_have_room(self) -> bool:
         """Room now, or perhaps once the claim in flight (which holds the free

@@ -58,12 +58,23 @@ def _runnable(n_workflows: int, n_versions: int) -> str:
 
 
 def claim(n_workflows: int, n_versions: int = 0) -> str:
-    wf = _runnable(n_workflows, n_versions)
     return f"""
 UPDATE durably_runs
 SET owner = :me, epoch = epoch + 1, lease_until = :lease, status = 'running',
     wake_at = NULL, started_at = COALESCE(started_at, :now), updated_at = :now
-WHERE id IN (
+WHERE id IN ({_claimable(n_workflows, n_versions)})
+RETURNING {RUN_COLUMNS}
+"""
+
+
+def any_claimable(n_workflows: int, n_versions: int = 0) -> str:
+    """Whether :func:`claim` would take anything: a read, so no write lock."""
+    return f"SELECT EXISTS ({_claimable(n_workflows, n_versions)})"
+
+
+def _claimable(n_workflows: int, n_versions: int) -> str:
+    wf = _runnable(n_workflows, n_versions)
+    return f"""
     SELECT id FROM (
         SELECT id FROM durably_runs
         WHERE status = 'pending' AND {wf}
@@ -79,9 +90,7 @@ WHERE id IN (
         SELECT id FROM durably_runs
         WHERE status IN ('running', 'suspended') AND lease_until < :now AND {wf}
         ORDER BY lease_until LIMIT :n)
-    LIMIT :n)
-RETURNING {RUN_COLUMNS}
-"""
+    LIMIT :n"""
 
 
 def owned(n_ids: int) -> str:

@@ -152,8 +152,9 @@ class SQLiteStorage(Storage):
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def _retry(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` (one statement or transaction), riding out contention."""
+    def _retry(self, fn: Callable[[sqlite3.Connection], T], *, patient: bool = True) -> T:
+        """Run ``fn`` (one statement or transaction), riding out contention
+        (unless not ``patient``: then contention raises :class:`_Busy`)."""
         deadline = time.monotonic() + _BUSY_GIVE_UP
         delay = 0.0005
         while True:
@@ -167,6 +168,8 @@ class SQLiteStorage(Storage):
                         conn.execute("ROLLBACK")
                 if not _is_busy(exc):
                     raise DatabaseError(f"{self.url}: {exc}") from exc
+                if not patient:
+                    raise _Busy() from exc
                 if time.monotonic() > deadline:
                     raise DatabaseUnavailable(
                         f"{self.url}: still busy after {_BUSY_GIVE_UP:.0f}s of "
@@ -288,7 +291,13 @@ class SQLiteStorage(Storage):
             **q.workflow_params(list(workflows), list(versions)),
         }
 
+        probe = q.any_claimable(len(workflows), len(versions))
+
         def tx(conn: sqlite3.Connection) -> list[RunRecord]:
+            # Most wake-ups find nothing new (any commit, ours too, wakes the
+            # claim loop): find that out without taking the write lock.
+            if not conn.execute(probe, params).fetchone()[0]:
+                return []
             with self._write(conn):
                 rows = conn.execute(sql, params).fetchall()
             return [RunRecord(*r) for r in rows]
@@ -296,6 +305,20 @@ class SQLiteStorage(Storage):
         return self._retry(tx)
 
     def commit(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> set[str]:
+        return self._commit(worker_id, writes, now, patient=True)
+
+    def commit_nowait(
+        self, worker_id: str, writes: Sequence[RunWrite], now: float
+    ) -> set[str] | None:
+        # A local file: without contention a commit waits only for the disk.
+        try:
+            return self._commit(worker_id, writes, now, patient=False)
+        except _Busy:
+            return None
+
+    def _commit(
+        self, worker_id: str, writes: Sequence[RunWrite], now: float, *, patient: bool
+    ) -> set[str]:
         if not writes:
             return set()
         append = lone_append(writes)
@@ -308,7 +331,7 @@ class SQLiteStorage(Storage):
                 kept = conn.execute(q.APPEND_ONE, row + fence).rowcount
                 return set() if kept == 1 else {w.run_id}
 
-            return self._retry(one)
+            return self._retry(one, patient=patient)
 
         def tx(conn: sqlite3.Connection) -> set[str]:
             with self._write(conn):
@@ -338,7 +361,7 @@ class SQLiteStorage(Storage):
                     conn.execute(q.wake_parents(len(chunk)), [now, *chunk])
             return part.rejected
 
-        return self._retry(tx)
+        return self._retry(tx, patient=patient)
 
     def renew(
         self, worker_id: str, run_ids: Sequence[str], now: float, lease_seconds: float
@@ -486,6 +509,10 @@ class SQLiteStorage(Storage):
                 if conn in self._all:
                     self._all.remove(conn)
             conn.close()
+
+
+class _Busy(Exception):
+    """Another connection holds the write lock (an impatient write gave up)."""
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
