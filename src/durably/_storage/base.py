@@ -2,8 +2,9 @@
 
 Storage is synchronous and thread-safe: the worker calls it from its own
 threads (the group committer, the claimer), clients call it from any thread,
-and the async API wraps it. All times are epoch seconds supplied by the
-caller, so a virtual clock can drive the engine in tests.
+and the async API wraps it (a backend may also offer a :class:`LoopWriter`
+for a lone run's writes from the event loop). All times are epoch seconds
+supplied by the caller, so a virtual clock can drive the engine in tests.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .._engine.journal import Entry
 
@@ -131,6 +133,21 @@ class RunFilter:
 Listener = Callable[[str, str], None]
 
 
+class LoopWriter(Protocol):
+    """Sends single-run writes from one event loop without blocking it."""
+
+    def ready(self) -> bool:
+        """Whether :meth:`commit` can send now (else it gets ready meanwhile)."""
+
+    async def commit(
+        self, worker_id: str, writes: Sequence[RunWrite], now: float
+    ) -> set[str] | None:
+        """As :meth:`Storage.commit`; None if it sent nothing (not a shape it
+        handles, or not ready): the caller then commits the usual way."""
+
+    async def close(self) -> None: ...
+
+
 class Storage(abc.ABC):
     """A durably database. See the module docstring for the threading rules."""
 
@@ -185,6 +202,8 @@ class Storage(abc.ABC):
     def commit(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> set[str]:
         """Write a batch in one transaction; returns ids whose claim was lost."""
 
+    commits_on_loop = False  # whether commit_nowait can ever commit
+
     def commit_nowait(
         self, worker_id: str, writes: Sequence[RunWrite], now: float
     ) -> set[str] | None:
@@ -193,6 +212,12 @@ class Storage(abc.ABC):
         process's write lock. Called on a worker's event loop when it drives a
         single run (see the committer); a backend whose commit is a network
         round trip keeps this default and is always committed from a thread."""
+        return None
+
+    def loop_writer(self) -> LoopWriter | None:
+        """Something that sends a lone run's writes from the event loop without
+        blocking it (an async connection), or None: the committer's way around
+        its thread where :meth:`commit_nowait` declines (see the committer)."""
         return None
 
     @abc.abstractmethod

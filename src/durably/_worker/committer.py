@@ -11,9 +11,10 @@ durable.
 A worker driving a single run has nothing to group: there the hand-off to
 the thread and back (two thread wake-ups, about a fifth of a short run's
 time) is all the thread adds. So when the worker says it is alone and no
-write is in flight, a backend that can commit without waiting on another
-process (SQLite: a local file) commits on the event loop itself, and hands
-the write to the thread only if it would have to wait.
+write is in flight, the write skips the thread where the backend allows:
+SQLite (a local file) commits it on the event loop itself unless another
+process holds the lock; PostgreSQL sends it on an async connection, so the
+loop never blocks on the network. Anything declined goes to the thread.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ class Committer:
         self._storage = storage
         self._outage = outage or Outage()
         self._alone = alone
-        self._in_flight = 0  # writes handed to the thread, not yet answered (loop thread)
+        self._writer = storage.loop_writer()
+        self._in_flight = 0  # writes sent, not yet answered (loop thread only)
+        self._sending: set[asyncio.Task[None]] = set()
         self._worker_id = worker_id
         self._clock = clock
         self._loop = loop
@@ -69,12 +72,22 @@ class Committer:
     def submit(self, write: RunWrite) -> asyncio.Future[bool]:
         """Queue ``write``; the future says True (durable) or False (lease lost)."""
         fut: asyncio.Future[bool] = self._loop.create_future()
-        if not self._in_flight and self._alone(write.run_id) and self._commit_here(write, fut):
-            return fut
+        if not self._in_flight and self._alone(write.run_id):
+            if self._storage.commits_on_loop and self._commit_here(write, fut):
+                return fut
+            if self._writer is not None and self._writer.ready():
+                self._in_flight += 1
+                task = self._loop.create_task(self._send_from_loop(write, fut))
+                self._sending.add(task)  # the loop only keeps weak references
+                task.add_done_callback(self._sending.discard)
+                return fut
         self._in_flight += 1
+        self._to_thread(write, fut)
+        return fut
+
+    def _to_thread(self, write: RunWrite, fut: asyncio.Future[bool]) -> None:
         self._queue.append((write, fut))
         self._event.set()
-        return fut
 
     def _commit_here(self, write: RunWrite, fut: asyncio.Future[bool]) -> bool:
         """Commit ``write`` on the loop if that needs no waiting; False if not
@@ -92,6 +105,35 @@ class Committer:
         self.writes += 1
         fut.set_result(write.run_id not in lost)
         return True
+
+    async def _send_from_loop(self, write: RunWrite, fut: asyncio.Future[bool]) -> None:
+        assert self._writer is not None
+        result: set[str] | BaseException | None
+        try:
+            fault("commit.before")
+            result = await self._writer.commit(self._worker_id, [write], self._clock())
+        except DatabaseUnavailable as exc:
+            result = None  # nothing was sent
+            if exc.reached:  # whether it committed is unknown: dropped and replayed
+                self._outage.failed("commit of 1 write", exc)
+                result = CommitFailed(str(exc))
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting driver
+            log.warning("commit of run %s failed: %s", write.run_id, exc)
+            result = CommitFailed(str(exc))
+        if result is None:  # the thread takes it, with its patience
+            self._to_thread(write, fut)
+            return
+        if not isinstance(result, BaseException):
+            fault("commit.after")
+            self._outage.recovered()
+        self.batches += 1
+        self.writes += 1
+        self._answer([(write, fut)], result)
+
+    async def close_writer(self) -> None:
+        """Close the event loop's own connection, if the backend opened one."""
+        if self._writer is not None:
+            await self._writer.close()
 
     def stop(self) -> None:
         self._stopped = True

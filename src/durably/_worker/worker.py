@@ -188,9 +188,10 @@ class Worker:
                 self.outage.failed(f"handing back {len(held)} runs", exc)
         for unsubscribe in self._unsubscribe:
             unsubscribe()
-        if self.inline:
+        if isinstance(self.committer, InlineCommitter):
             self.committer.stop()
         else:
+            await self.committer.close_writer()
             await self.loop.run_in_executor(None, self.committer.stop)
         self.io_threads.shutdown(wait=False)
         self.step_threads.shutdown(wait=False)

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..._engine.journal import Entry
@@ -50,6 +51,7 @@ from ..common import (
     wake_missed,
 )
 from . import queries as q
+from .loop_writer import LoopWriter
 
 try:
     import psycopg
@@ -78,6 +80,19 @@ def _check_if_idle(conn: psycopg.Connection[Any]) -> None:
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class OneStatement:
+    """A write that is one statement: it returns a row if the write was kept
+    (the run is still ours) and none if the run's claim was lost."""
+
+    sql: str
+    params: Any
+    run_id: str
+
+    def lost(self, rows: Sequence[Any]) -> set[str]:
+        return set() if rows else {self.run_id}
+
+
 def _describe(url: str) -> str:
     """The URL without its password, for messages."""
     try:
@@ -96,9 +111,9 @@ class PostgresStorage(Storage):
     def __init__(self, url: str, *, pool_size: int = 8) -> None:
         self.url = url
         self._where = _describe(url)
-        self._conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        self.conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
         self._pool = psycopg_pool.ConnectionPool(
-            self._conninfo,
+            self.conninfo,
             min_size=1,
             max_size=pool_size,
             kwargs={"autocommit": True},
@@ -118,13 +133,13 @@ class PostgresStorage(Storage):
             try:
                 # Connect once directly first: a refused connection then says why,
                 # instead of the pool's "initialization incomplete" after a timeout.
-                psycopg.connect(self._conninfo, connect_timeout=10).close()
+                psycopg.connect(self.conninfo, connect_timeout=10).close()
                 self._pool.open(wait=True, timeout=10.0)
             except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-                raise DatabaseUnavailable(self._unreachable(exc), reached=False) from None
+                raise DatabaseUnavailable(self.unreachable(exc), reached=False) from None
             self._opened = True
 
-    def _unreachable(self, exc: Exception) -> str:
+    def unreachable(self, exc: Exception) -> str:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return (
             f"cannot reach {self._where}: {reason}. Is the server running, and is "
@@ -140,12 +155,12 @@ class PostgresStorage(Storage):
             conn = handout.__enter__()
         except (psycopg_pool.PoolTimeout, psycopg.OperationalError) as exc:
             # No connection: nothing of the operation reached the server.
-            raise DatabaseUnavailable(self._unreachable(exc), reached=False) from None
+            raise DatabaseUnavailable(self.unreachable(exc), reached=False) from None
         try:
             yield conn
         except psycopg.OperationalError as exc:
             handout.__exit__(type(exc), exc, exc.__traceback__)
-            raise DatabaseUnavailable(self._unreachable(exc)) from None
+            raise DatabaseUnavailable(self.unreachable(exc)) from None
         except psycopg.Error as exc:
             handout.__exit__(type(exc), exc, exc.__traceback__)
             raise DatabaseError(f"{self._where}: {type(exc).__name__}: {exc}") from exc
@@ -161,12 +176,15 @@ class PostgresStorage(Storage):
         with contextlib.suppress(Exception):
             self._pool.close(timeout=2.0)
 
+    def loop_writer(self) -> LoopWriter:
+        return LoopWriter(self, IDLE_CHECK)
+
     # -- schema ----------------------------------------------------------------
     def migrate(self) -> None:
         try:
-            probe = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
+            probe = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10)
         except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(self._unreachable(exc)) from None
+            raise DatabaseUnavailable(self.unreachable(exc)) from None
         except psycopg.ProgrammingError as exc:
             raise ConfigurationError(f"{self._where}: bad connection URL ({exc})") from None
         steps = migrations("durably._storage.postgres")
@@ -275,17 +293,11 @@ class PostgresStorage(Storage):
     def commit(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> set[str]:
         if not writes:
             return set()
-        if len(writes) == 1 and _only_create(writes[0]):
-            # A run started in this process, created claimed: one statement.
+        single = self.one_statement(worker_id, writes, now)
+        if single is not None:
             with self._conn() as conn:
-                created = self._insert_runs(conn, [writes[0].create])  # type: ignore[list-item]
-            return set() if created else {writes[0].run_id}
-        append = lone_append(writes)
-        if append is not None:
-            return self._append_one(worker_id, *append)
+                return single.lost(conn.execute(single.sql, single.params).fetchall())
         if all(_simple(w) for w in writes):
-            if len(writes) == 1:
-                return self._commit_one(worker_id, writes[0], now)
             return self._commit_simple(worker_id, writes, now)
         # Pipelined: only what the next decision depends on waits for the
         # server (the claim check, and rarely signals or missed wake-ups);
@@ -328,19 +340,28 @@ class PostgresStorage(Storage):
                     cur.executemany(q.NOTIFY, notes)
         return part.rejected
 
-    def _append_one(self, worker_id: str, write: RunWrite, e: Entry) -> set[str]:
-        """A step's result in mid-run (see ``q.APPEND_ONE``)."""
-        params = _entry_params(e)
-        params.update(me=worker_id, id=write.run_id, epoch=write.epoch)
-        with self._conn() as conn:
-            kept = conn.execute(q.APPEND_ONE, params).fetchall()
-        return set() if kept else {write.run_id}
-
-    def _commit_one(self, worker_id: str, write: RunWrite, now: float) -> set[str]:
-        """One run's simple write (see ``q.COMMIT_ONE``)."""
+    def one_statement(
+        self, worker_id: str, writes: Sequence[RunWrite], now: float
+    ) -> OneStatement | None:
+        """The single autocommitted statement that makes ``writes`` durable, for
+        the shapes a lone run writes (its claimed create, a step's result, its
+        end); None for anything else."""
+        if len(writes) != 1:
+            return None
+        write = writes[0]
+        if _only_create(write) and write.create is not None and write.create.owner:
+            # A run started in this process, created claimed (so no NOTIFY).
+            return OneStatement(q.INSERT_RUN, run_row(write.create), write.run_id)
+        append = lone_append(writes)
+        if append is not None:  # a step's result in mid-run (see q.APPEND_ONE)
+            params = _entry_params(append[1])
+            params.update(me=worker_id, id=write.run_id, epoch=write.epoch)
+            return OneStatement(q.APPEND_ONE, params, write.run_id)
+        if not _simple(write):
+            return None
         u = write.update
         entries = write.entries
-        params: dict[str, Any] = {"me": worker_id, "id": write.run_id, "epoch": write.epoch}
+        params = {"me": worker_id, "id": write.run_id, "epoch": write.epoch}
         if len(entries) == 1:
             params.update(_entry_params(entries[0]))
             statement = q.COMMIT_ONE_ENTRY
@@ -367,9 +388,7 @@ class PostgresStorage(Storage):
             version=u.version if u else None,
             pin=bool(u and u.pin),
         )
-        with self._conn() as conn:
-            kept = conn.execute(statement, params).fetchall()
-        return set() if kept else {write.run_id}
+        return OneStatement(statement, params, write.run_id)
 
     def _commit_simple(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> set[str]:
         """The common group commit, in one statement (see ``q.COMMIT_SIMPLE``)."""
@@ -501,7 +520,7 @@ class PostgresStorage(Storage):
         delay = 0.1
         while not stop.is_set():
             try:
-                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
+                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
                     for channel in CHANNELS:
                         conn.execute(f"LISTEN {channel}")  # type: ignore[arg-type]
                     delay = 0.1

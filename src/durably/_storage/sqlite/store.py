@@ -80,6 +80,7 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
 
 class SQLiteStorage(Storage):
     backend = "sqlite"
+    commits_on_loop = True
 
     def __init__(self, url: str) -> None:
         self.url = url
