@@ -264,6 +264,8 @@ class App:
             if self._watcher is None:
                 self._watcher = RunWatcher(
                     self._fetch_runs,
+                    self._fetch_ended_runs,
+                    self._not_found,
                     [self._subscribe_storage, self._hub.subscribe],
                     lambda record: record.status in TERMINAL,
                     self._recheck,
@@ -272,6 +274,9 @@ class App:
 
     def _fetch_runs(self, run_ids: list[str]) -> list[RunRecord]:
         return self.storage.get_runs(run_ids)
+
+    def _fetch_ended_runs(self, run_ids: list[str]) -> list[RunRecord]:
+        return self.storage.ended_runs(run_ids)
 
     def _subscribe_storage(self, listener: Callable[[str, str], None]) -> Callable[[], None]:
         return self.storage.subscribe(listener)
@@ -495,8 +500,11 @@ class App:
     def _record(self, run_id: str) -> RunRecord:
         record = self.storage.get_run(run_id)
         if record is None:
-            raise RunNotFound(f"no run with id {run_id!r} in {self.database_url}")
+            raise self._not_found(run_id)
         return record
+
+    def _not_found(self, run_id: str) -> RunNotFound:
+        return RunNotFound(f"no run with id {run_id!r} in {self.database_url}")
 
     async def _arecord(self, run_id: str) -> RunRecord:
         return await self._off_loop(self._record, run_id)
@@ -523,18 +531,11 @@ class App:
                 self._recheck,
             )
         # Both on this loop's thread, so a worker here cannot end the run in between.
+        # Unless a worker here hands the result over, the watcher's first read
+        # (batched with every other waiter's) says whether it exists or ended.
         local = self._held_here(run_id)
         loop = asyncio.get_running_loop()
         watched = self._results().watch_on(loop, run_id, check=not local)
-        try:
-            if not local:  # a worker here hands the result over: no read needed
-                record = await self._off_loop(self._record, run_id)
-                if record.status in TERMINAL:
-                    self._results().forget(run_id, watched)
-                    return record
-        except BaseException:  # cancelled, or the read failed
-            self._results().forget(run_id, watched)
-            raise
         try:
             return await asyncio.wait_for(watched, timeout)  # type: ignore[no-any-return]
         except asyncio.TimeoutError:
@@ -546,14 +547,6 @@ class App:
 
     def _await_terminal_sync(self, run_id: str, timeout: float | None) -> RunRecord | None:
         watched = self._results().watch(run_id)
-        try:
-            record = self._record(run_id)
-        except BaseException:
-            self._results().forget(run_id, watched)
-            raise
-        if record.status in TERMINAL:
-            self._results().forget(run_id, watched)
-            return record
         try:
             return watched.result(timeout)  # type: ignore[no-any-return]
         except concurrent.futures.TimeoutError:

@@ -87,11 +87,17 @@ class ChangeWaiter:
 Waiting = Future[Any] | asyncio.Future[Any]
 
 
-def _settle_soon(future: asyncio.Future[Any], value: Any) -> None:
-    """Set ``future``'s result from any thread (directly on its own loop's)."""
+def _settle_soon(
+    future: asyncio.Future[Any], value: Any, error: BaseException | None = None
+) -> None:
+    """Settle ``future`` from any thread (directly on its own loop's)."""
 
     def settle() -> None:
-        if not future.done():
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
             future.set_result(value)
 
     loop = future.get_loop()
@@ -107,33 +113,45 @@ def _settle_soon(future: asyncio.Future[Any], value: Any) -> None:
 class RunWatcher:
     """Waits for many runs to end with one query per change, not one per waiter.
 
-    ``watch`` hands out a future per waiter; a single thread re-reads every
-    watched run when a change may concern one of them (a notification, or
-    the fallback re-check) and resolves those that ended. A worker in this
-    process hands over the final row directly (``resolve``): no read at all.
+    ``watch`` hands out a future per waiter; a single thread reads for all of
+    them. A run's first read (does it exist, has it ended already?) is
+    batched with every other waiter's that arrived meanwhile. After that,
+    only ended rows are read: the runs a notification names (PostgreSQL's
+    ``NOTIFY`` carries the run id), or every watched run when a change could
+    concern any of them (SQLite's commit detection, a reconnect, the
+    fallback re-check). A worker in this process hands over the final row
+    directly (``resolve``): no read at all.
     """
 
     def __init__(
         self,
         fetch: Callable[[list[str]], list[Any]],
+        fetch_ended: Callable[[list[str]], list[Any]],
+        missing: Callable[[str], BaseException],
         sources: list[Callable[[Listener], Callable[[], None]]],
         terminal: Callable[[Any], bool],
         recheck: float,
     ) -> None:
         self._fetch = fetch
+        self._fetch_ended = fetch_ended
+        self._missing = missing
         self._sources = sources
         self._terminal = terminal
         self._recheck = recheck
         self._lock = threading.Lock()
         self._futures: dict[str, list[Waiting]] = {}
         self._local: set[str] = set()  # runs whose worker here hands the row over
+        self._new: set[str] = set()  # not read yet since they were watched
+        self._named: set[str] = set()  # a notification said these ended
+        self._all = False  # a change may concern any watched run
         self._event = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
 
     def watch(self, run_id: str, *, check: bool = True) -> Future[Any]:
-        """A future of the run's final row; ``check=False`` when a worker in
-        this process drives it and will hand the row over (no read needed)."""
+        """A future of the run's final row (it fails with the ``missing``
+        error if there is no such run); ``check=False`` when a worker in this
+        process drives it and will hand the row over (no read needed)."""
         future: Future[Any] = Future()
         self._add(run_id, future, check)
         return future
@@ -150,7 +168,9 @@ class RunWatcher:
     def _add(self, run_id: str, future: Waiting, check: bool) -> None:
         with self._lock:
             self._futures.setdefault(run_id, []).append(future)
-            if not check:
+            if check:
+                self._new.add(run_id)
+            else:
                 self._local.add(run_id)
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(
@@ -158,7 +178,7 @@ class RunWatcher:
                 )
                 self._thread.start()
         if check:
-            self._event.set()  # it may have ended just before we started watching
+            self._event.set()
 
     def forget(self, run_id: str, future: Waiting) -> None:
         with self._lock:
@@ -170,14 +190,20 @@ class RunWatcher:
                 self._local.discard(run_id)
 
     def resolve(self, record: Any) -> None:
+        self._settle(record.id, record, None)
+
+    def _settle(self, run_id: str, record: Any, error: BaseException | None) -> None:
         with self._lock:
-            waiting = self._futures.pop(record.id, [])
-            self._local.discard(record.id)
+            waiting = self._futures.pop(run_id, [])
+            self._local.discard(run_id)
         for future in waiting:
             if isinstance(future, asyncio.Future):
-                _settle_soon(future, record)
+                _settle_soon(future, record, error)
             elif not future.done():
-                future.set_result(record)
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(record)
 
     def close(self) -> None:
         with self._lock:
@@ -186,10 +212,14 @@ class RunWatcher:
 
     def _on_change(self, channel: str, payload: str) -> None:
         if channel == "":
+            with self._lock:
+                self._all = True
             self._event.set()
         elif channel == "durably_done":
             with self._lock:  # a worker here hands its own runs over: no read
                 wanted = payload in self._futures and payload not in self._local
+                if wanted:
+                    self._named.add(payload)
             if wanted:
                 self._event.set()
 
@@ -197,21 +227,37 @@ class RunWatcher:
         unsubscribe = [subscribe(self._on_change) for subscribe in self._sources]
         try:
             while True:
-                self._event.wait(self._recheck)
+                quiet = not self._event.wait(self._recheck)
                 self._event.clear()
                 with self._lock:
                     if self._closed:
                         return
-                    ids = list(self._futures)
-                if not ids:
+                    watched = set(self._futures)
+                    new, self._new = self._new & watched, set()
+                    named, self._named = self._named & watched, set()
+                    everything, self._all = self._all or quiet, False
+                if not watched:
                     continue
                 try:
-                    records = self._fetch(ids)
+                    self._read(new, (watched - new) if everything else (named - new))
                 except Exception:  # noqa: BLE001 - unreachable for now: try again later
-                    continue
-                for record in records:
-                    if self._terminal(record):
-                        self.resolve(record)
+                    with self._lock:
+                        self._new |= new
+                        self._named |= named
+                        self._all = self._all or everything
+
         finally:
             for stop in unsubscribe:
                 stop()
+
+    def _read(self, new: set[str], others: set[str]) -> None:
+        if new:
+            records = self._fetch(sorted(new))
+            for record in records:
+                if self._terminal(record):
+                    self.resolve(record)
+            for run_id in new - {record.id for record in records}:
+                self._settle(run_id, None, self._missing(run_id))
+        if others:
+            for record in self._fetch_ended(sorted(others)):
+                self.resolve(record)

@@ -331,6 +331,9 @@ async def test_a_lone_run_skips_the_committer_thread_and_busy_workers_group_on_i
         # The first run opens PostgreSQL's event-loop connection (in the background).
         assert await (await app.start(three, 0)).result(timeout=20) == 3
         await eventually(lambda: worker.committer.writes >= 4)
+        writer: Any = worker.committer._writer
+        if writer is not None:
+            await eventually(writer.ready)
         calls.clear()
         assert await (await app.start(three, 1)).result(timeout=20) == 4
         await eventually(lambda: worker.committer.writes >= 8)

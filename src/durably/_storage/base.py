@@ -251,6 +251,11 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def get_runs(self, run_ids: Sequence[str]) -> list[RunRecord]: ...
 
+    def ended_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        """The runs among ``run_ids`` that have ended (what result waiters
+        re-read on every change: only the ended rows come back)."""
+        return [r for r in self.get_runs(run_ids) if r.status in TERMINAL]
+
     @abc.abstractmethod
     def send_signal(self, run_id: str, topic: str, payload: str, now: float) -> None:
         """Queue a signal; wakes a suspended run. Raises RunNotFound / RunFinished."""

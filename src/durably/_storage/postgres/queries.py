@@ -174,6 +174,8 @@ WHERE status = 'suspended' AND id IN (
 
 GET_RUNS = f"SELECT {RUN_COLUMNS} FROM durably.runs WHERE id = ANY(%s)"
 
+ENDED_RUNS = GET_RUNS + " AND status IN ('completed', 'failed', 'cancelled')"
+
 RUN_STATUS_FOR_UPDATE = "SELECT status FROM durably.runs WHERE id = %s FOR UPDATE"
 
 RUN_STATUS = "SELECT status FROM durably.runs WHERE id = %s"

@@ -460,10 +460,16 @@ class PostgresStorage(Storage):
 
     # -- signals, events, cancellation -----------------------------------------
     def get_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        return self._read_runs(q.GET_RUNS, run_ids)
+
+    def ended_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        return self._read_runs(q.ENDED_RUNS, run_ids)
+
+    def _read_runs(self, sql: str, run_ids: Sequence[str]) -> list[RunRecord]:
         if not run_ids:
             return []
         with self._conn() as conn:
-            rows = conn.execute(q.GET_RUNS, (list(run_ids),)).fetchall()
+            rows = conn.execute(sql, (list(run_ids),)).fetchall()
         return [RunRecord(*r) for r in rows]
 
     def send_signal(self, run_id: str, topic: str, payload: str, now: float) -> None:

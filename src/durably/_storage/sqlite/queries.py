@@ -198,6 +198,10 @@ def get_runs(n: int) -> str:
     return f"SELECT {RUN_COLUMNS} FROM durably_runs WHERE id IN ({_marks(n)})"
 
 
+def ended_runs(n: int) -> str:
+    return get_runs(n) + " AND status IN ('completed', 'failed', 'cancelled')"
+
+
 def pending_signals(n: int) -> str:
     return f"""
 SELECT id, run_id, topic, payload FROM durably_signals

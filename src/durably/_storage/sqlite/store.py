@@ -416,12 +416,18 @@ class SQLiteStorage(Storage):
 
     # -- signals, events, cancellation -----------------------------------------
     def get_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        return self._read_runs(q.get_runs, run_ids)
+
+    def ended_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        return self._read_runs(q.ended_runs, run_ids)
+
+    def _read_runs(self, sql: Callable[[int], str], run_ids: Sequence[str]) -> list[RunRecord]:
         ids = list(run_ids)
 
         def read(conn: sqlite3.Connection) -> list[RunRecord]:
             rows: list[RunRecord] = []
             for chunk in _chunks(ids):
-                rows.extend(RunRecord(*r) for r in conn.execute(q.get_runs(len(chunk)), chunk))
+                rows.extend(RunRecord(*r) for r in conn.execute(sql(len(chunk)), chunk))
             return rows
 
         return self._retry(read) if ids else []
