@@ -17,8 +17,9 @@ Points:
     step.before          a step is about to run its function
     step.after_effect    a step's function returned (its effect happened) and
                          nothing of it is journaled yet
-    commit.before        a group commit is about to be written
-    commit.after         a group commit is durable; nobody was told yet
+    commit.before        a commit is about to be written (a group commit, or
+                         a lone run's write from the event loop)
+    commit.after         a commit is durable; nobody was told yet
     timer.fire           a timer is due, its firing not journaled yet
     signal.deliver       a signal is about to be handed to a wait
     child.done           a child's end is about to be handed to its parent
