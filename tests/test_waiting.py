@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import durably
+from durably._waiting import RunWatcher
 
 
 def count_reads(app: durably.App) -> dict[str, list[int]]:
@@ -83,3 +85,76 @@ async def test_waiting_on_unknown_runs_fails_them_and_not_the_others(
             assert "no run with id 'ghost-" in str(outcome)
         with pytest.raises(durably.RunNotFound, match="ghost-sync"):
             await asyncio.to_thread(client.get_handle("ghost-sync").result_sync, 30)
+
+
+# -- the watcher on its own, fed by plain functions ---------------------------------
+
+
+class Row:
+    def __init__(self, run_id: str, status: str) -> None:
+        self.id, self.status = run_id, status
+
+
+def watcher_over(
+    rows: dict[str, str], fail: list[BaseException], recheck: float = 0.3
+) -> tuple[RunWatcher, list[Callable[[str, str], None]]]:
+    """A watcher reading ``rows`` (id -> status); raises ``fail[0]`` while set."""
+    listeners: list[Callable[[str, str], None]] = []
+
+    def fetch(ids: list[str]) -> list[Row]:
+        if fail:
+            raise fail[0]
+        return [Row(i, rows[i]) for i in ids if i in rows]
+
+    def fetch_ended(ids: list[str]) -> list[Row]:
+        return [r for r in fetch(ids) if r.status == "completed"]
+
+    def subscribe(listener: Callable[[str, str], None]) -> Callable[[], None]:
+        listeners.append(listener)
+        return lambda: None
+
+    watcher = RunWatcher(
+        fetch,
+        fetch_ended,
+        lambda run_id: durably.RunNotFound(run_id),
+        [subscribe],
+        lambda row: row.status == "completed",
+        recheck,
+    )
+    return watcher, listeners
+
+
+def test_a_run_whose_end_went_unnoticed_is_found_however_busy_notifications_are() -> None:
+    # A run a worker of this process was driving (so its NOTIFY is ignored)
+    # ends elsewhere; other runs keep ending and naming themselves. The
+    # periodic full re-read still finds it.
+    rows = {"local": "running", "other": "running"}
+    watcher, listeners = watcher_over(rows, [])
+    local = watcher.watch("local", check=False)
+    watcher.watch("other")
+    rows["local"] = "completed"
+    deadline = time.monotonic() + 3
+    while not local.done() and time.monotonic() < deadline:
+        for listener in listeners:
+            listener("durably_done", "other")  # busy: a named change every 50 ms
+        time.sleep(0.05)
+    watcher.close()
+    assert local.done() and local.result().status == "completed"
+
+
+def test_a_first_read_that_would_always_fail_fails_its_waiters_and_outages_are_waited_out() -> None:
+    rows = {"a": "completed"}
+    fail: list[BaseException] = [durably.DatabaseError("not a durably database")]
+    watcher, _ = watcher_over(rows, fail)
+    broken = [watcher.watch("a"), watcher.watch("a")]
+    for future in broken:
+        with pytest.raises(durably.DatabaseError, match="not a durably database"):
+            future.result(timeout=5)
+    assert broken[0].exception() is not broken[1].exception()  # one each
+    fail[:] = [durably.DatabaseUnavailable("down", reached=False)]
+    waiting = watcher.watch("a")
+    time.sleep(0.5)
+    assert not waiting.done()  # an outage: waited out, not raised
+    fail.clear()
+    assert waiting.result(timeout=5).status == "completed"
+    watcher.close()

@@ -8,10 +8,14 @@ process started one).
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
+
+from ._errors import DatabaseUnavailable
 
 Listener = Callable[[str, str], None]
 
@@ -118,9 +122,11 @@ class RunWatcher:
     batched with every other waiter's that arrived meanwhile. After that,
     only ended rows are read: the runs a notification names (PostgreSQL's
     ``NOTIFY`` carries the run id), or every watched run when a change could
-    concern any of them (SQLite's commit detection, a reconnect, the
-    fallback re-check). A worker in this process hands over the final row
-    directly (``resolve``): no read at all.
+    concern any of them (SQLite's commit detection, a reconnect, and at
+    least every ``recheck`` seconds however busy it is). A worker in this
+    process hands over the final row directly (``resolve``): no read at
+    all. A first read that fails for any reason but an outage fails its
+    waiters; an outage is waited out.
     """
 
     def __init__(
@@ -192,16 +198,16 @@ class RunWatcher:
     def resolve(self, record: Any) -> None:
         self._settle(record.id, record, None)
 
-    def _settle(self, run_id: str, record: Any, error: BaseException | None) -> None:
+    def _settle(self, run_id: str, record: Any, error: Callable[[], BaseException] | None) -> None:
         with self._lock:
             waiting = self._futures.pop(run_id, [])
             self._local.discard(run_id)
-        for future in waiting:
+        for future in waiting:  # an exception each: tracebacks must not pile up
             if isinstance(future, asyncio.Future):
-                _settle_soon(future, record, error)
+                _settle_soon(future, record, error() if error else None)
             elif not future.done():
                 if error is not None:
-                    future.set_exception(error)
+                    future.set_exception(error())
                 else:
                     future.set_result(record)
 
@@ -225,39 +231,62 @@ class RunWatcher:
 
     def _run(self) -> None:
         unsubscribe = [subscribe(self._on_change) for subscribe in self._sources]
+        last_full = time.monotonic()
         try:
             while True:
-                quiet = not self._event.wait(self._recheck)
+                self._event.wait(self._recheck)
                 self._event.clear()
+                # A full re-read at least every recheck, even while named
+                # notifications keep coming: a run whose end went unnoticed
+                # (its local worker dropped it, a notification was lost) is
+                # found then.
+                due = time.monotonic() - last_full >= self._recheck
                 with self._lock:
                     if self._closed:
                         return
                     watched = set(self._futures)
                     new, self._new = self._new & watched, set()
                     named, self._named = self._named & watched, set()
-                    everything, self._all = self._all or quiet, False
+                    everything, self._all = self._all or due, False
+                if everything:
+                    last_full = time.monotonic()
                 if not watched:
                     continue
                 try:
-                    self._read(new, (watched - new) if everything else (named - new))
-                except Exception:  # noqa: BLE001 - unreachable for now: try again later
+                    self._first_read(new)
+                except DatabaseUnavailable:  # an outage: try again later
                     with self._lock:
                         self._new |= new
+                except Exception as exc:  # noqa: BLE001 - it would fail every time
+                    for run_id in new:
+                        self._settle(run_id, None, functools.partial(_copy_error, exc))
+                others = (watched - new) if everything else (named - new)
+                try:
+                    for record in self._fetch_ended(sorted(others)) if others else []:
+                        self.resolve(record)
+                except Exception:  # noqa: BLE001 - unreachable for now: try again later
+                    with self._lock:
                         self._named |= named
                         self._all = self._all or everything
-
         finally:
             for stop in unsubscribe:
                 stop()
 
-    def _read(self, new: set[str], others: set[str]) -> None:
-        if new:
-            records = self._fetch(sorted(new))
-            for record in records:
-                if self._terminal(record):
-                    self.resolve(record)
-            for run_id in new - {record.id for record in records}:
-                self._settle(run_id, None, self._missing(run_id))
-        if others:
-            for record in self._fetch_ended(sorted(others)):
+    def _first_read(self, new: set[str]) -> None:
+        """Whether newly watched runs exist, and which have ended already."""
+        if not new:
+            return
+        records = self._fetch(sorted(new))
+        for record in records:
+            if self._terminal(record):
                 self.resolve(record)
+        for run_id in new - {record.id for record in records}:
+            self._settle(run_id, None, functools.partial(self._missing, run_id))
+
+
+def _copy_error(exc: Exception) -> BaseException:
+    """A fresh exception like ``exc`` (each waiter raises its own)."""
+    copy = type(exc).__new__(type(exc))
+    copy.__dict__.update(exc.__dict__)
+    copy.args = exc.args
+    return copy

@@ -333,7 +333,7 @@ async def test_a_lone_run_skips_the_committer_thread_and_busy_workers_group_on_i
         await eventually(lambda: worker.committer.writes >= 4)
         writer: Any = worker.committer._writer
         if writer is not None:
-            await eventually(writer.ready)
+            await eventually(writer._ready)
         calls.clear()
         assert await (await app.start(three, 1)).result(timeout=20) == 4
         await eventually(lambda: worker.committer.writes >= 8)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .._engine.journal import Entry
 
@@ -136,14 +136,14 @@ Listener = Callable[[str, str], None]
 class LoopWriter(Protocol):
     """Sends single-run writes from one event loop without blocking it."""
 
-    def ready(self) -> bool:
-        """Whether :meth:`commit` can send now (else it gets ready meanwhile)."""
+    def prepare(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> Any:
+        """What :meth:`send` sends to make ``writes`` durable; None if they
+        cannot go this way now (not a shape it handles, or not ready): the
+        caller then commits the usual way."""
 
-    async def commit(
-        self, worker_id: str, writes: Sequence[RunWrite], now: float
-    ) -> set[str] | None:
-        """As :meth:`Storage.commit`; None if it sent nothing (not a shape it
-        handles, or not ready): the caller then commits the usual way."""
+    async def send(self, prepared: Any) -> set[str]:
+        """As :meth:`Storage.commit`: the ids whose claim was lost.
+        ``DatabaseUnavailable`` with ``reached=False`` means nothing was sent."""
 
     async def close(self) -> None: ...
 

@@ -75,9 +75,12 @@ class Committer:
         if not self._in_flight and self._alone(write.run_id):
             if self._storage.commits_on_loop and self._commit_here(write, fut):
                 return fut
-            if self._writer is not None and self._writer.ready():
+            prepared = self._writer and self._writer.prepare(
+                self._worker_id, [write], self._clock()
+            )
+            if prepared is not None:
                 self._in_flight += 1
-                task = self._loop.create_task(self._send_from_loop(write, fut))
+                task = self._loop.create_task(self._send_from_loop(write, prepared, fut))
                 self._sending.add(task)  # the loop only keeps weak references
                 task.add_done_callback(self._sending.discard)
                 return fut
@@ -95,9 +98,11 @@ class Committer:
         try:
             fault("commit.before")
             lost = self._storage.commit_nowait(self._worker_id, [write], self._clock())
-        except Exception:  # noqa: BLE001 - a failed transaction wrote nothing
-            return False
-        if lost is None:
+        except Exception as exc:  # noqa: BLE001 - as on the thread: the run is dropped
+            log.warning("commit of run %s failed: %s", write.run_id, exc)
+            fut.set_exception(CommitFailed(str(exc)))
+            return True
+        if lost is None:  # it would have to wait for another process's lock
             return False
         fault("commit.after")
         self._outage.recovered()
@@ -106,24 +111,28 @@ class Committer:
         fut.set_result(write.run_id not in lost)
         return True
 
-    async def _send_from_loop(self, write: RunWrite, fut: asyncio.Future[bool]) -> None:
+    async def _send_from_loop(
+        self, write: RunWrite, prepared: Any, fut: asyncio.Future[bool]
+    ) -> None:
         assert self._writer is not None
-        result: set[str] | BaseException | None
+        result: set[str] | BaseException
         try:
             fault("commit.before")
-            result = await self._writer.commit(self._worker_id, [write], self._clock())
+            result = await self._writer.send(prepared)
         except DatabaseUnavailable as exc:
-            result = None  # nothing was sent
-            if exc.reached:  # whether it committed is unknown: dropped and replayed
-                self._outage.failed("commit of 1 write", exc)
-                result = CommitFailed(str(exc))
+            if not exc.reached:  # nothing was sent: the thread takes it, with its patience
+                self._to_thread(write, fut)
+                return
+            # Whether it committed is unknown: the run is dropped and replayed.
+            self._outage.failed("commit of 1 write", exc)
+            result = CommitFailed(str(exc))
         except Exception as exc:  # noqa: BLE001 - handed to the waiting driver
             log.warning("commit of run %s failed: %s", write.run_id, exc)
             result = CommitFailed(str(exc))
-        if result is None:  # the thread takes it, with its patience
-            self._to_thread(write, fut)
-            return
-        if not isinstance(result, BaseException):
+        except BaseException:  # cancelled mid-send: as good as an unknown outcome
+            self._answer([(write, fut)], CommitFailed("cancelled while committing"))
+            raise
+        else:
             fault("commit.after")
             self._outage.recovered()
         self.batches += 1

@@ -9,7 +9,8 @@ unreachable server delays that run only, as it would on the thread.
 
 The connection is opened in the background on first need; until it is up,
 and whenever it has sat idle long enough that it might have died unnoticed
-(it is pinged in the background then), writes go to the thread as before.
+(it is pinged in the background then, for at most ``TEND_PATIENCE``), writes
+go to the thread as before.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from ..._errors import DatabaseError, DatabaseUnavailable
 from ..base import RunWrite
 
 if TYPE_CHECKING:
-    from .store import PostgresStorage
+    from .store import OneStatement, PostgresStorage
 
 log = logging.getLogger("durably.storage")
 
 RECONNECT_GAP = 1.0  # seconds between attempts to open the connection
+TEND_PATIENCE = 10.0  # seconds an open or a ping may take before it is given up
 
 
 class LoopWriter:
@@ -44,13 +46,19 @@ class LoopWriter:
         self._tried = -RECONNECT_GAP
         self._closed = False
 
-    def ready(self) -> bool:
-        """Whether a write can go out now; if not, the connection is tended to
-        in the background (opened, or pinged after a quiet spell)."""
+    def prepare(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> Any:
+        """The statement that makes ``writes`` durable, if it is one and the
+        connection is ready to send it; else None (and the connection is
+        tended to in the background: opened, or pinged after a quiet spell)."""
+        if not self._ready():
+            return None
+        return self._storage.one_statement(worker_id, writes, now)
+
+    def _ready(self) -> bool:
         conn = self._conn
         fresh = time.monotonic() - self._used <= self._idle_check
-        if conn is not None and not conn.closed and fresh:
-            return True
+        if conn is not None and not conn.closed and not conn.broken and fresh:
+            return self._tending is None
         if self._tending is None and not self._closed:
             now = time.monotonic()
             if conn is None and now - self._tried < RECONNECT_GAP:
@@ -59,15 +67,11 @@ class LoopWriter:
             self._tending = asyncio.get_running_loop().create_task(self._tend())
         return False
 
-    async def commit(
-        self, worker_id: str, writes: Sequence[RunWrite], now: float
-    ) -> set[str] | None:
-        """The write as ``PostgresStorage.commit`` makes it; None (nothing sent)
-        if it is not one statement or the connection is not ready."""
-        single = self._storage.one_statement(worker_id, writes, now)
+    async def send(self, single: OneStatement) -> set[str]:
+        """Send what :meth:`prepare` returned; the ids whose claim was lost."""
         conn = self._conn
-        if single is None or conn is None or conn.closed or self._tending is not None:
-            return None
+        if conn is None or conn.closed or conn.broken:
+            raise DatabaseUnavailable(f"{self._storage.url}: connection closed", reached=False)
         try:
             cursor = await conn.execute(single.sql, single.params)
             rows = await cursor.fetchall()
@@ -90,18 +94,27 @@ class LoopWriter:
 
     async def _tend(self) -> None:
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = await psycopg.AsyncConnection.connect(
-                    self._storage.conninfo, autocommit=True, connect_timeout=10
-                )
-            else:
-                await self._conn.execute("SELECT 1")
+            # Bounded: a half-open connection must not keep this path off for good.
+            await asyncio.wait_for(self._open_or_ping(), TEND_PATIENCE)
             self._used = time.monotonic()
-        except psycopg.Error as exc:
+        except (psycopg.Error, asyncio.TimeoutError) as exc:
             log.debug("event-loop connection to %s unavailable: %s", self._storage.url, exc)
             await self._drop()
         finally:
             self._tending = None
+
+    async def _open_or_ping(self) -> None:
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            self._conn = None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._storage.conninfo, autocommit=True, connect_timeout=10
+            )
+        else:
+            await conn.execute("SELECT 1")
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
