@@ -424,3 +424,29 @@ def test_crash_at_fault_point(point: str, workers: Workers, database_url: str) -
         check_sequential_order(rows, run_id, crash)
         check_execution_counts(journal, rows, run_id, crash)
         check_timers(journal, rows, run_id, crash)
+
+
+@pytest.mark.parametrize("spec", ["commit.before:2", "commit.after:2", "commit.after:3"])
+def test_crash_around_a_lone_runs_commit(spec: str, workers: Workers, database_url: str) -> None:
+    # A worker driving a single run commits on its event loop (SQLite) or
+    # sends from it (PostgreSQL), not through the committer thread: crash
+    # there too, and check the same invariants.
+    app = shapes
+    app.use_database(database_url)
+    backend = database_url.partition(":")[0]
+    crash = Crash("commit", spec, backend, pid=0)
+    app.start_sync("sequential", 1, id="sequential")
+    faulted = workers.spawn(APP, CONCURRENCY, DURABLY_FAULT=spec)
+    crash.pid = faulted.pid
+    assert faulted.wait(timeout=SETTLE_TIMEOUT) == -signal.SIGKILL, f"{spec} never reached"
+    crash.crashed = True
+    crash.clean_started = time.time()
+    crash.clean_pid = workers.spawn(APP, CONCURRENCY).pid
+    assert app.get_handle("sequential").result_sync(timeout=SETTLE_TIMEOUT) == 25
+    journal = app.storage.load_journal("sequential")
+    rows = effects.rows(str(workers.effects), "sequential")
+    check_journal_shape(journal, "sequential", crash)
+    check_completed_once(journal, "sequential", crash)
+    check_no_rerun_after_record(journal, rows, "sequential", crash)
+    check_sequential_order(rows, "sequential", crash)
+    check_execution_counts(journal, rows, "sequential", crash)
