@@ -344,7 +344,11 @@ async def test_a_lone_run_skips_the_committer_thread_and_busy_workers_group_on_i
     # The create, then one write per step (the last also ends the run), each
     # made on the loop thread: no hand-off to the committer thread and back.
     if backend == "sqlite":
-        assert lone == [("nowait", loop_thread)] * 4
+        # (A lease renewal holding the write lock at that very moment sends
+        # that one write to the thread: allowed, once.)
+        declined = lone.count(("busy", loop_thread))
+        assert declined <= 1 and lone.count(("nowait", loop_thread)) == 4 - declined
+        assert len([c for c in lone if c[0] == "commit" and c[1] != loop_thread]) == declined
     else:  # sent on the loop's async connection, which never blocks the loop
         assert lone == [("statement", loop_thread)] * 4
     # Fifty runs at once: nearly everything goes through the committer
