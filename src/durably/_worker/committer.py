@@ -39,7 +39,9 @@ OUTAGE_PATIENCE = 300.0
 
 
 class CommitFailed(Exception):
-    """The transaction holding a run's write failed; nothing of it was written."""
+    """A run's write failed, or its fate is unknown (the connection was lost
+    after it was sent): either way its driver stops and the run is replayed,
+    which reads whatever did get written."""
 
 
 class Committer:
