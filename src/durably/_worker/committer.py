@@ -102,15 +102,11 @@ class Committer:
             lost = self._storage.commit_nowait(self._worker_id, [write], self._clock())
         except Exception as exc:  # noqa: BLE001 - as on the thread: the run is dropped
             log.warning("commit of run %s failed: %s", write.run_id, exc)
-            fut.set_exception(CommitFailed(str(exc)))
+            self._answer_here(write, fut, CommitFailed(str(exc)))
             return True
         if lost is None:  # it would have to wait for another process's lock
             return False
-        fault("commit.after")
-        self._outage.recovered()
-        self.batches += 1
-        self.writes += 1
-        fut.set_result(write.run_id not in lost)
+        self._answer_here(write, fut, lost)
         return True
 
     async def _send_from_loop(
@@ -132,14 +128,22 @@ class Committer:
             log.warning("commit of run %s failed: %s", write.run_id, exc)
             result = CommitFailed(str(exc))
         except BaseException:  # cancelled mid-send: as good as an unknown outcome
-            self._answer([(write, fut)], CommitFailed("cancelled while committing"))
+            self._in_flight -= 1
+            _resolve([(write, fut)], CommitFailed("cancelled while committing"))
             raise
-        else:
+        self._in_flight -= 1
+        self._answer_here(write, fut, result)
+
+    def _answer_here(
+        self, write: RunWrite, fut: asyncio.Future[bool], result: set[str] | BaseException
+    ) -> None:
+        """Answer a write made from the loop, counted as the thread counts its batches."""
+        if not isinstance(result, BaseException):
             fault("commit.after")
             self._outage.recovered()
         self.batches += 1
         self.writes += 1
-        self._answer([(write, fut)], result)
+        _resolve([(write, fut)], result)
 
     async def close_writer(self) -> None:
         """Close the event loop's own connection, if the backend opened one."""

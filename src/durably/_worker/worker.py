@@ -350,7 +350,7 @@ class Worker:
     def _alone(self, run_id: str) -> bool:
         """Whether no run but ``run_id`` is in progress here (the committer's cue
         that there is nothing to group its write with)."""
-        if len(self.drivers) > 2:
+        if len(self.drivers) > 2:  # this run's driver, and one that just finished
             return False
         return all(d.finished or d.run_id == run_id for d in self.drivers.values())
 
