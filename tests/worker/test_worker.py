@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import pytest
 
 import durably
 from conftest import eventually
@@ -392,6 +393,41 @@ async def test_a_lone_run_survives_its_loop_connection_being_cut(
         await eventually(lambda: writer._conn is not None and writer._conn is not first)
     # Each step ran; at most one was run again (the write whose fate was unknown).
     assert {0, 1, 10, 11, 20, 21, 30, 31} <= set(ran) and len(ran) <= 9
+
+
+async def test_a_start_cancelled_mid_send_leaves_the_loop_connection_usable(
+    make_app: Callable[..., durably.App], backend: str
+) -> None:
+    # PostgreSQL: a lone run's write is sent by the caller's own await, so
+    # cancelling the caller (here a start whose create waits on a table lock)
+    # cancels the send. The connection settles, and later writes use it again.
+    app = make_app()
+
+    @app.step()
+    async def s(x: int) -> int:
+        return x + 1
+
+    @app.workflow()
+    async def two(ctx: durably.Context, x: int) -> int:
+        return int(await s(await s(x)))
+
+    async with app.worker() as worker:
+        assert await (await app.start(two, 0)).result(timeout=20) == 2
+        writer: Any = worker.committer._writer
+        if backend == "sqlite":
+            assert writer is None  # SQLite commits on the loop itself, never waiting
+            return
+        await eventually(writer._ready)
+        with psycopg.connect(app.storage.conninfo) as admin:  # type: ignore[attr-defined]
+            admin.execute("LOCK TABLE durably.runs IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(app.start(two, 1, id="cancelled"), 0.5)
+            assert worker.committer._in_flight == 0
+        await eventually(writer._ready)  # psycopg cancelled the query on the server
+        calls = commit_threads(app)
+        assert await (await app.start(two, 10)).result(timeout=20) == 12
+        assert calls == [("statement", threading.get_ident())] * 3
+        assert app.storage.get_runs(["cancelled"]) == []  # its create never committed
 
 
 async def test_a_lone_run_waits_for_another_process_lock_off_the_loop(tmp_path: Any) -> None:

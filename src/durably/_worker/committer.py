@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._errors import DatabaseUnavailable
@@ -59,7 +59,6 @@ class Committer:
         self._alone = alone
         self._writer = storage.loop_writer()
         self._in_flight = 0  # writes sent, not yet answered (loop thread only)
-        self._sending: set[asyncio.Task[None]] = set()
         self._worker_id = worker_id
         self._clock = clock
         self._loop = loop
@@ -71,21 +70,22 @@ class Committer:
         self.writes = 0
         self._thread.start()
 
-    def submit(self, write: RunWrite) -> asyncio.Future[bool]:
-        """Queue ``write``; the future says True (durable) or False (lease lost)."""
-        fut: asyncio.Future[bool] = self._loop.create_future()
+    def submit(self, write: RunWrite) -> Awaitable[bool]:
+        """Queue ``write``; awaiting the result says True (durable) or False
+        (lease lost). The caller awaits it at once: a lone run's write is sent
+        by that await itself, in the caller's task, with no hand-off at all."""
         if not self._in_flight and self._alone(write.run_id):
-            if self._storage.commits_on_loop and self._commit_here(write, fut):
-                return fut
+            if self._storage.commits_on_loop:
+                committed = self._commit_here(write)
+                if committed is not None:
+                    return committed
             prepared = self._writer and self._writer.prepare(
                 self._worker_id, [write], self._clock()
             )
             if prepared is not None:
                 self._in_flight += 1
-                task = self._loop.create_task(self._send_from_loop(write, prepared, fut))
-                self._sending.add(task)  # the loop only keeps weak references
-                task.add_done_callback(self._sending.discard)
-                return fut
+                return self._send_from_loop(write, prepared)
+        fut: asyncio.Future[bool] = self._loop.create_future()
         self._in_flight += 1
         self._to_thread(write, fut)
         return fut
@@ -94,24 +94,24 @@ class Committer:
         self._queue.append((write, fut))
         self._event.set()
 
-    def _commit_here(self, write: RunWrite, fut: asyncio.Future[bool]) -> bool:
-        """Commit ``write`` on the loop if that needs no waiting; False if not
-        (nothing was written: the thread takes it, with its patience)."""
+    def _commit_here(self, write: RunWrite) -> asyncio.Future[bool] | None:
+        """Commit ``write`` on the loop if that needs no waiting, answered in the
+        future returned; None if not (nothing was written: the thread takes it,
+        with its patience)."""
+        fut: asyncio.Future[bool] = self._loop.create_future()
         try:
             fault("commit.before")
             lost = self._storage.commit_nowait(self._worker_id, [write], self._clock())
         except Exception as exc:  # noqa: BLE001 - as on the thread: the run is dropped
             log.warning("commit of run %s failed: %s", write.run_id, exc)
             self._answer_here(write, fut, CommitFailed(str(exc)))
-            return True
+            return fut
         if lost is None:  # it would have to wait for another process's lock
-            return False
+            return None
         self._answer_here(write, fut, lost)
-        return True
+        return fut
 
-    async def _send_from_loop(
-        self, write: RunWrite, prepared: Any, fut: asyncio.Future[bool]
-    ) -> None:
+    async def _send_from_loop(self, write: RunWrite, prepared: Any) -> bool:
         assert self._writer is not None
         result: set[str] | BaseException
         try:
@@ -119,20 +119,22 @@ class Committer:
             result = await self._writer.send(prepared)
         except DatabaseUnavailable as exc:
             if not exc.reached:  # nothing was sent: the thread takes it, with its patience
+                fut: asyncio.Future[bool] = self._loop.create_future()
                 self._to_thread(write, fut)
-                return
+                return await fut
             # Whether it committed is unknown: the run is dropped and replayed.
             self._outage.failed("commit of 1 write", exc)
             result = CommitFailed(str(exc))
         except Exception as exc:  # noqa: BLE001 - handed to the waiting driver
             log.warning("commit of run %s failed: %s", write.run_id, exc)
             result = CommitFailed(str(exc))
-        except BaseException:  # cancelled mid-send: as good as an unknown outcome
+        except BaseException:  # the caller was cancelled mid-send: it hears nothing more
             self._in_flight -= 1
-            _resolve([(write, fut)], CommitFailed("cancelled while committing"))
             raise
         self._in_flight -= 1
+        fut = self._loop.create_future()
         self._answer_here(write, fut, result)
+        return await fut
 
     def _answer_here(
         self, write: RunWrite, fut: asyncio.Future[bool], result: set[str] | BaseException

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from ..._errors import DatabaseError, DatabaseUnavailable
 from ..base import RunWrite
@@ -41,6 +42,7 @@ class LoopWriter:
         self._storage = storage
         self._idle_check = idle_check
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._cursor: psycopg.AsyncCursor[Any] | None = None  # reused: a new one costs
         self._used = 0.0  # monotonic time of its last good answer
         self._tending: asyncio.Task[None] | None = None
         self._tried = -RECONNECT_GAP
@@ -58,7 +60,9 @@ class LoopWriter:
         conn = self._conn
         fresh = time.monotonic() - self._used <= self._idle_check
         if conn is not None and not conn.closed and not conn.broken and fresh:
-            return self._tending is None
+            # Not idle: a send was cancelled and psycopg is still settling it.
+            idle = conn.pgconn.transaction_status == TransactionStatus.IDLE
+            return self._tending is None and idle
         if self._tending is None and not self._closed:
             now = time.monotonic()
             if conn is None and now - self._tried < RECONNECT_GAP:
@@ -69,11 +73,11 @@ class LoopWriter:
 
     async def send(self, single: OneStatement) -> set[str]:
         """Send what :meth:`prepare` returned; the ids whose claim was lost."""
-        conn = self._conn
-        if conn is None or conn.closed or conn.broken:
+        conn, cursor = self._conn, self._cursor
+        if conn is None or cursor is None or conn.closed or conn.broken:
             raise DatabaseUnavailable(f"{self._storage.url}: connection closed", reached=False)
         try:
-            cursor = await conn.execute(single.sql, single.params)
+            await cursor.execute(single.sql, single.params)
             rows = await cursor.fetchall()
         except psycopg.OperationalError as exc:
             # Sent, and the answer lost: whether it committed is unknown.
@@ -106,18 +110,19 @@ class LoopWriter:
     async def _open_or_ping(self) -> None:
         conn = self._conn
         if conn is None or conn.closed or conn.broken:
-            self._conn = None
+            self._conn = self._cursor = None
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
             self._conn = await psycopg.AsyncConnection.connect(
                 self._storage.conninfo, autocommit=True, connect_timeout=10
             )
+            self._cursor = self._conn.cursor()
         else:
             await conn.execute("SELECT 1")
 
     async def _drop(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._cursor = self._conn, None, None
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.close()
