@@ -6,6 +6,7 @@ dropped, processes are started and killed, files are counted.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -15,9 +16,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
 APPS = HERE / "apps"
@@ -36,6 +39,26 @@ def progress(message: str) -> None:
 
 
 # -- statistics --------------------------------------------------------------------
+
+
+def event_loop_name() -> str:
+    """The event loop every async client and in-process worker runs on here."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on :func:`event_loop_name`'s loop: uvloop when installed (the
+    bench extra installs it; uvicorn picks it the same way), for every engine
+    alike, so no engine's figure depends on which loop it got."""
+    if event_loop_name() == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import APPS, progress, summary_ms
+from common import APPS, progress, run_async, summary_ms
 
 INSTALL_TIMEOUT = 300.0
 SERVER_TIMEOUT = 90.0
@@ -214,7 +214,7 @@ def run(engine: str, scenario: str, params: dict[str, Any]) -> dict[str, Any]:
     if scenario not in SCENARIOS:
         raise ValueError(f"{engine}: scenario {scenario!r} is not measured for this peer")
     if engine == "temporal":
-        return asyncio.run(_temporal(scenario, params))
+        return run_async(_temporal(scenario, params))
     if engine == "restate":
         return _restate(scenario, params)
     raise ValueError(f"unknown peer {engine!r}")

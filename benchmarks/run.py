@@ -50,7 +50,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import HERE, PG_ADMIN_URL, PROGRESS, REPO, fresh_database
+from common import HERE, PG_ADMIN_URL, PROGRESS, REPO, event_loop_name, fresh_database
 
 ALL_SCENARIOS = ["latency", "throughput", "sleep", "recovery", "idle", "floor"]
 ALL_PEERS = ["dbos", "temporal", "restate"]
@@ -139,13 +139,14 @@ def machine_info(backends: list[str]) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "sqlite": sqlite3.sqlite_version,
         "loadavg_at_start": os.getloadavg(),
+        "event_loop": event_loop_name(),
     }
     with contextlib.suppress(Exception):
         import psutil
 
         info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
     versions: dict[str, str] = {}
-    for pkg in ("durably", "dbos", "psycopg", "sqlalchemy", "matplotlib", "psutil"):
+    for pkg in ("durably", "dbos", "psycopg", "sqlalchemy", "uvloop", "matplotlib", "psutil"):
         try:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -624,7 +625,10 @@ def main(argv: list[str] | None = None) -> int:
         f"scenarios {', '.join(scenarios)}; {'quick' if args.quick else 'full'}"
     )
     info = machine_info(backends)
-    say(f"machine: {info['cpu']} x{info['cpu_count']}, load {info['loadavg_at_start']}")
+    say(
+        f"machine: {info['cpu']} x{info['cpu_count']}, load {info['loadavg_at_start']}; "
+        f"async clients and workers on {info['event_loop']}"
+    )
 
     report: dict[str, Any] = {
         "command": command,

@@ -37,6 +37,7 @@ from common import (
     progress,
     python_env,
     rss_sample,
+    run_async,
     spawn,
     stop,
     summary_ms,
@@ -101,7 +102,7 @@ class Durably:
         return times
 
     def latency(self, n: int, warmup: int) -> dict[str, Any]:
-        return summary_ms(asyncio.run(self._latency(n, warmup)))
+        return summary_ms(run_async(self._latency(n, warmup)))
 
     async def _throughput_inproc(self, n: int) -> float:
         app, wf = self.app, self.m.three_steps
@@ -115,7 +116,7 @@ class Durably:
         return elapsed
 
     def throughput_inproc(self, n: int) -> dict[str, Any]:
-        elapsed = asyncio.run(self._throughput_inproc(n))
+        elapsed = run_async(self._throughput_inproc(n))
         return {"n": n, "seconds": elapsed, "per_second": n / elapsed}
 
     # -- worker processes ---------------------------------------------------------------
@@ -170,16 +171,16 @@ class Durably:
             for h in hs:
                 await h.result(timeout=60)
 
-        asyncio.run(go())
+        run_async(go())
 
     def sleepers(self, n: int, sleep_seconds: float) -> dict[str, Any]:
         return sleep_scenario(self, n, sleep_seconds)
 
     def start_sleepers(self, n: int, wake_at: float) -> None:
-        asyncio.run(self._start_many(self.m.sleeper, [(i, wake_at) for i in range(n)]))
+        run_async(self._start_many(self.m.sleeper, [(i, wake_at) for i in range(n)]))
 
     def start_blockers(self, n: int) -> None:
-        asyncio.run(self._start_many(self.m.blocker, [(i,) for i in range(n)]))
+        run_async(self._start_many(self.m.blocker, [(i,) for i in range(n)]))
 
     def completed(self, n: int, workflow: str) -> int:
         return len(self.app.list_runs_sync(status="completed", workflow=workflow, limit=n + 10))
@@ -274,7 +275,7 @@ class Dbos:
                         times.append(time.perf_counter() - t0)
                         assert r == expected(i)
 
-                asyncio.run(go())
+                run_async(go())
         finally:
             self._destroy()
         return summary_ms(times)
@@ -306,7 +307,7 @@ class Dbos:
                     rs = await asyncio.gather(*(h.get_result() for h in hs))
                     return time.perf_counter() - t0, list(rs)
 
-                elapsed, results = asyncio.run(go())
+                elapsed, results = run_async(go())
         finally:
             self._destroy()
         assert results == [expected(i) for i in range(n)]
@@ -381,13 +382,13 @@ class Dbos:
             for h in hs:
                 await h.get_result(polling_interval_sec=0.05)
 
-        asyncio.run(go())
+        run_async(go())
 
     def start_sleepers(self, n: int, wake_at: float) -> None:
-        asyncio.run(self._enqueue_many("sleeper", [(i, wake_at) for i in range(n)]))
+        run_async(self._enqueue_many("sleeper", [(i, wake_at) for i in range(n)]))
 
     def start_blockers(self, n: int) -> None:
-        asyncio.run(self._enqueue_many("blocker", [(i,) for i in range(n)]))
+        run_async(self._enqueue_many("blocker", [(i,) for i in range(n)]))
 
     def completed(self, n: int, workflow: str) -> int:
         rows = self._client().list_workflows(
@@ -434,7 +435,7 @@ def throughput_workers_scenario(engine: Any, n: int, k: int) -> dict[str, Any]:
     """``k`` worker processes, and this process as the client starting ``n`` runs."""
     procs = engine.start_workers(k)
     try:
-        elapsed = asyncio.run(engine._client_throughput(n))
+        elapsed = run_async(engine._client_throughput(n))
     finally:
         engine.close_client()
         for proc in procs:

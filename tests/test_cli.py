@@ -148,14 +148,15 @@ def test_start_without_id_generates_distinct_ids(database_url: str) -> None:
     assert set(table_rows(run_cli("list", database=database_url).stdout)) == set(ids)
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_start_wait_prints_the_json_result(
-    database_url: str, workers: Workers, tmp_path: Path
+    database_url: str, workers: Workers, tmp_path: Path, loop: str
 ) -> None:
     log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen(
         [
             sys.executable, "-m", "durably", "worker", APP,
-            "--database", database_url, "--log-level", "WARNING",
+            "--database", database_url, "--log-level", "WARNING", "--loop", loop,
         ],
         env=workers.env(),
         cwd=str(TESTS_DIR),

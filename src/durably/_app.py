@@ -28,6 +28,7 @@ from ._errors import (
     WaitTimeout,
 )
 from ._handle import WorkflowHandle
+from ._loops import run_loop
 from ._registry import StepDef, WorkflowDef, make_step, source_version
 from ._retry import DEFAULT_RETRY, Retry
 from ._storage import open_storage
@@ -590,9 +591,14 @@ class App:
             self._workers.remove(worker)
             await worker.stop()
 
-    def run_worker(self, concurrency: int = 100) -> None:
-        """Run a worker until SIGINT or SIGTERM (blocking)."""
-        asyncio.run(self._serve(concurrency))
+    def run_worker(self, concurrency: int = 100, loop: str = "auto") -> None:
+        """Run a worker until SIGINT or SIGTERM (blocking).
+
+        ``loop`` picks the event loop: ``"uvloop"`` (``pip install
+        'durably[fast]'``; about a sixth less CPU per run), ``"asyncio"``, or
+        ``"auto"``: uvloop where it is installed, else asyncio.
+        """
+        run_loop(loop, self._serve(concurrency))
 
     async def _serve(self, concurrency: int) -> None:
         stop = asyncio.Event()

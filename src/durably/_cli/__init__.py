@@ -18,6 +18,7 @@ import click
 
 from .. import _config
 from .._errors import DurablyError
+from .._loops import LOOPS
 from .._storage import open_storage
 from .._storage.base import STATUSES, TERMINAL, RunFilter, RunRecord, Storage
 from .loading import load_app
@@ -63,15 +64,22 @@ def cli() -> None:
 @click.argument("app_ref", metavar="MODULE:APP")
 @click.option("--concurrency", "-c", default=100, show_default=True, help="Runs held at once.")
 @click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--loop",
+    type=click.Choice(LOOPS),
+    default="auto",
+    show_default=True,
+    help="Event loop: uvloop (durably[fast]) if installed with auto.",
+)
 @database_option
-def worker(app_ref: str, concurrency: int, log_level: str, database: str | None) -> None:
+def worker(app_ref: str, concurrency: int, log_level: str, loop: str, database: str | None) -> None:
     """Run a worker for the workflows of MODULE:APP until SIGINT/SIGTERM."""
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     app = load_app(app_ref, database)
-    app.run_worker(concurrency=concurrency)
+    app.run_worker(concurrency=concurrency, loop=loop)
 
 
 @cli.command()
