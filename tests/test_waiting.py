@@ -61,10 +61,68 @@ async def test_many_waiters_share_their_reads(
     assert reads["get_run"] == []  # no read per waiter
     assert sum(reads["get_runs"]) == n  # each run's first read, once...
     assert len(reads["get_runs"]) < n / 4  # ...in shared batches
-    if backend == "postgres":
-        # Ended rows read by name, about once each (a full re-read at most
-        # when the listener (re)connects or the fallback re-check runs).
-        assert sum(reads["ended_runs"]) <= 3 * n
+    # Ended rows read by name, about once each: PostgreSQL's NOTIFY names
+    # them, SQLite's log of ended runs lists them (a full re-read at most
+    # when the listener (re)connects or the fallback re-check runs).
+    assert sum(reads["ended_runs"]) <= 3 * n
+
+
+async def test_an_end_without_a_journal_entry_reaches_an_outside_waiter_at_once(
+    make_app: Callable[..., durably.App],
+) -> None:
+    # Runs cancelled before any worker took them end without a step or a
+    # journal entry. A client with no worker of its own hears of each end at
+    # the next change (SQLite: from its log of ended runs; PostgreSQL: from
+    # the NOTIFY), not at the periodic re-read, here set 30 s apart; and it
+    # reads only the rows that ended.
+    client, other = make_app(), make_app()
+    flow = add_flow(client)
+    client._recheck = 30.0  # type: ignore[attr-defined]
+    reads = count_reads(client)
+    handles = [await client.start(flow, i) for i in range(40)]
+    waiting = asyncio.gather(*(h.result(timeout=20) for h in handles[:10]), return_exceptions=True)
+    await asyncio.sleep(0.3)  # the waiters' first reads are done
+    began = time.monotonic()
+    for handle in handles[:10]:
+        await other.cancel(handle.id)
+        await asyncio.sleep(0.05)  # ten separate changes
+    outcomes = await waiting
+    assert time.monotonic() - began < 5
+    assert all(isinstance(o, durably.WorkflowCancelled) for o in outcomes), outcomes
+    assert sum(reads["ended_runs"]) <= 2 * 10  # never the thirty still pending
+
+
+def test_sqlite_keeps_a_log_of_every_way_a_run_ends(tmp_path: Any) -> None:
+    storage: Any = durably.App("log", f"sqlite:///{tmp_path / 'log.db'}").storage
+    storage.migrate()
+    assert storage.ended_since(None) == ([], 0)
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "log.db", isolation_level=None)
+    now = time.time()
+    rows = [(f"r{i}", "wf", "1", "pending", "[]", now, now) for i in range(10_010)]
+    conn.executemany(
+        "INSERT INTO durably_runs (id, workflow, version, status, args, created_at,"
+        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    conn.execute("UPDATE durably_runs SET status = 'completed' WHERE id IN ('r0', 'r1')")
+    conn.execute("UPDATE durably_runs SET status = 'running' WHERE id = 'r2'")  # not an end
+    storage.request_cancel("r3", now, "no longer needed")  # a pending run, no worker
+    assert storage.ended_since(0) == (["r0", "r1", "r3"], 3)
+    conn.execute("UPDATE durably_runs SET status = 'completed' WHERE id = 'r1'")  # no change
+    conn.execute("UPDATE durably_runs SET status = 'running' WHERE id = 'r0'")  # a retry...
+    conn.execute("UPDATE durably_runs SET status = 'failed' WHERE id = 'r0'")  # ...ends again
+    assert storage.ended_since(3) == (["r0"], 4)
+    assert storage.ended_since(4) == ([], 4)
+    # Only the last 10,000 ends are kept: a reader further behind is told so.
+    conn.execute("UPDATE durably_runs SET status = 'completed' WHERE status = 'pending'")
+    assert storage.ended_since(4) is None
+    ended, position = storage.ended_since(position=10_005)
+    assert position == 4 + 10_006 and len(ended) == 5
+    assert conn.execute("SELECT count(*) FROM durably_ended").fetchone()[0] == 10_000
+    conn.close()
+    storage.close()
 
 
 async def test_waiting_on_unknown_runs_fails_them_and_not_the_others(

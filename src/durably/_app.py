@@ -270,6 +270,7 @@ class App:
                     [self._subscribe_storage, self._hub.subscribe],
                     lambda record: record.status in TERMINAL,
                     self._recheck,
+                    self._ended_since,
                 )
             return self._watcher
 
@@ -278,6 +279,9 @@ class App:
 
     def _fetch_ended_runs(self, run_ids: list[str]) -> list[RunRecord]:
         return self.storage.ended_runs(run_ids)
+
+    def _ended_since(self, position: int | None) -> tuple[list[str], int] | None:
+        return self.storage.ended_since(position)
 
     def _subscribe_storage(self, listener: Callable[[str, str], None]) -> Callable[[], None]:
         return self.storage.subscribe(listener)

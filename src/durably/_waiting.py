@@ -137,8 +137,10 @@ class RunWatcher:
         sources: list[Callable[[Listener], Callable[[], None]]],
         terminal: Callable[[Any], bool],
         recheck: float,
+        ended_since: Callable[[int | None], tuple[list[str], int] | None] = lambda _: None,
     ) -> None:
         self._fetch = fetch
+        self._ended_since = ended_since
         self._fetch_ended = fetch_ended
         self._missing = missing
         self._sources = sources
@@ -232,6 +234,7 @@ class RunWatcher:
     def _run(self) -> None:
         unsubscribe = [subscribe(self._on_change) for subscribe in self._sources]
         last_full = time.monotonic()
+        position: int | None = None  # how far the ended log was read (SQLite)
         try:
             while True:
                 self._event.wait(self._recheck)
@@ -248,10 +251,14 @@ class RunWatcher:
                     new, self._new = self._new & watched, set()
                     named, self._named = self._named & watched, set()
                     everything, self._all = self._all or due, False
-                if everything:
-                    last_full = time.monotonic()
                 if not watched:
+                    position = None  # nobody waits: nothing to follow meanwhile
                     continue
+                if position is None:
+                    # Before the first reads: whatever ends after them is in the
+                    # log. Runs watched before may have ended unlogged-for.
+                    position = self._log_position()
+                    everything = everything or (position is not None and watched != new)
                 try:
                     self._first_read(new)
                 except DatabaseUnavailable:  # an outage: try again later
@@ -260,6 +267,14 @@ class RunWatcher:
                 except Exception as exc:  # noqa: BLE001 - it would fail every time
                     for run_id in new:
                         self._settle(run_id, None, functools.partial(_copy_error, exc))
+                if everything and not due and position is not None:
+                    # A change that could concern any run: the log says which ended.
+                    ended, position = self._read_log(position)
+                    if ended is not None:
+                        named |= ended & watched
+                        everything = False
+                if everything:
+                    last_full = time.monotonic()
                 others = (watched - new) if everything else (named - new)
                 try:
                     for record in self._fetch_ended(sorted(others)) if others else []:
@@ -271,6 +286,28 @@ class RunWatcher:
         finally:
             for stop in unsubscribe:
                 stop()
+
+    def _log_position(self) -> int | None:
+        """Where the storage's log of ended runs ends now; None without one."""
+        try:
+            found = self._ended_since(None)
+        except Exception:  # noqa: BLE001 - then every change re-reads every run
+            return None
+        return None if found is None else found[1]
+
+    def _read_log(self, position: int) -> tuple[set[str] | None, int | None]:
+        """The runs that ended after ``position`` and the position to read
+        from next. None for the runs if the log cannot say (unreadable now:
+        read from the same position next time; or it dropped ends this
+        reader had not read: read from where it ends now): every watched run
+        is re-read instead, after that position was taken."""
+        try:
+            found = self._ended_since(position)
+        except Exception:  # noqa: BLE001 - the full re-read finds them
+            return None, position
+        if found is None:
+            return None, self._log_position()
+        return set(found[0]), found[1]
 
     def _first_read(self, new: set[str]) -> None:
         """Whether newly watched runs exist, and which have ended already."""

@@ -256,6 +256,14 @@ class Storage(abc.ABC):
         re-read on every change: only the ended rows come back)."""
         return [r for r in self.get_runs(run_ids) if r.status in TERMINAL]
 
+    def ended_since(self, position: int | None) -> tuple[list[str], int] | None:
+        """The ids of runs that ended after ``position`` (from an earlier call;
+        None asks only for the current position) and the position to pass
+        next, in commit order. None if this backend keeps no such log or no
+        longer holds everything after ``position``: then a reader re-reads
+        every run it waits for."""
+        return None
+
     @abc.abstractmethod
     def send_signal(self, run_id: str, topic: str, payload: str, now: float) -> None:
         """Queue a signal; wakes a suspended run. Raises RunNotFound / RunFinished."""

@@ -202,6 +202,11 @@ def ended_runs(n: int) -> str:
     return get_runs(n) + " AND status IN ('completed', 'failed', 'cancelled')"
 
 
+# What ended after a reader's position (see migration 0005).
+ENDED_SINCE = "SELECT seq, run_id FROM durably_ended WHERE seq > ? ORDER BY seq"
+ENDED_NEWEST = "SELECT COALESCE(max(seq), 0) FROM durably_ended"
+
+
 def pending_signals(n: int) -> str:
     return f"""
 SELECT id, run_id, topic, payload FROM durably_signals

@@ -421,6 +421,19 @@ class SQLiteStorage(Storage):
     def ended_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
         return self._read_runs(q.ended_runs, run_ids)
 
+    def ended_since(self, position: int | None) -> tuple[list[str], int] | None:
+        def read(conn: sqlite3.Connection) -> tuple[list[str], int] | None:
+            if position is None:
+                return [], conn.execute(q.ENDED_NEWEST).fetchone()[0]
+            rows = conn.execute(q.ENDED_SINCE, (position,)).fetchall()
+            if not rows:
+                return [], position  # (the newest end is never dropped)
+            if rows[0][0] > position + 1:
+                return None  # ends just after position were dropped from the log
+            return [r[1] for r in rows], rows[-1][0]
+
+        return self._retry(read)
+
     def _read_runs(self, sql: Callable[[int], str], run_ids: Sequence[str]) -> list[RunRecord]:
         ids = list(run_ids)
 
