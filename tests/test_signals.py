@@ -148,7 +148,9 @@ async def test_signal_raced_against_a_timer(make_app: Callable[..., durably.App]
         results = []
         for round_ in range(2):
             signal = asyncio.ensure_future(ctx.wait_for("ping"))
-            timer = asyncio.ensure_future(ctx.sleep(f"tick-{round_}", 0.4))
+            # Long enough that the signal (sent right after the start) wins
+            # round 0 even on a loaded machine; round 1 has no signal.
+            timer = asyncio.ensure_future(ctx.sleep(f"tick-{round_}", 1.5))
             done, _ = await asyncio.wait({signal, timer}, return_when=asyncio.FIRST_COMPLETED)
             results.append("signal" if signal in done else "timer")
             signal.cancel()

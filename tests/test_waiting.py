@@ -115,6 +115,7 @@ def test_sqlite_keeps_a_log_of_every_way_a_run_ends(tmp_path: Any) -> None:
     conn.execute("UPDATE durably_runs SET status = 'failed' WHERE id = 'r0'")  # ...ends again
     assert storage.ended_since(3) == (["r0"], 4)
     assert storage.ended_since(4) == ([], 4)
+    assert storage.ended_since(99) is None  # a position past the log: another log
     # Only the last 10,000 ends are kept: a reader further behind is told so.
     conn.execute("UPDATE durably_runs SET status = 'completed' WHERE status = 'pending'")
     assert storage.ended_since(4) is None
@@ -180,6 +181,78 @@ def watcher_over(
         recheck,
     )
     return watcher, listeners
+
+
+def logged_watcher(
+    rows: dict[str, str], on_first_read: Callable[[str], None] = lambda run_id: None
+) -> tuple[RunWatcher, list[Callable[[str, str], None]], list[str]]:
+    """A watcher over ``rows`` with a log of ended runs (as SQLite keeps) and
+    a full re-check too far off (30 s) to hide a missed end."""
+    listeners: list[Callable[[str, str], None]] = []
+    log: list[str] = []
+
+    def fetch(ids: list[str]) -> list[Row]:
+        found = [Row(i, rows[i]) for i in ids if i in rows]
+        for run_id in ids:
+            on_first_read(run_id)
+        return found
+
+    def ended_since(position: int | None) -> tuple[list[str], int]:
+        return ([], len(log)) if position is None else (log[position:], len(log))
+
+    def subscribe(listener: Callable[[str, str], None]) -> Callable[[], None]:
+        listeners.append(listener)
+        return lambda: None
+
+    watcher = RunWatcher(
+        fetch,
+        lambda ids: [Row(i, rows[i]) for i in ids if rows.get(i) == "completed"],
+        lambda run_id: durably.RunNotFound(run_id),
+        [subscribe],
+        lambda row: row.status == "completed",
+        30.0,
+        ended_since,
+    )
+    return watcher, listeners, log
+
+
+def changed(listeners: list[Callable[[str, str], None]]) -> None:
+    for listener in listeners:
+        listener("", "")  # SQLite's commit detection: a commit, naming no run
+
+
+def test_an_end_committed_just_after_a_first_read_is_found_in_the_log() -> None:
+    rows = {"a": "running", "r": "running"}
+    ending: list[str] = []  # runs another process ends right after their first read
+
+    def end_after_read(run_id: str) -> None:
+        if run_id in ending and rows[run_id] == "running":
+            rows[run_id] = "completed"
+            log.append(run_id)
+            changed(listeners)
+
+    watcher, listeners, log = logged_watcher(rows, end_after_read)
+    watcher.watch("a")
+    time.sleep(0.2)  # a pass took the log's position
+    ending.append("r")
+    with watcher._lock:
+        watcher._all = True  # a change, seen in the same pass as the new waiter
+    waiting = watcher.watch("r")
+    assert waiting.result(timeout=3).status == "completed"  # not after the 30 s re-check
+    watcher.close()
+
+
+def test_a_local_run_that_ended_before_the_log_was_read_is_found_at_the_next_change() -> None:
+    # Its worker here was to hand the row over but dropped the run, and
+    # another worker ended it before this watcher first looked at the log.
+    rows = {"local": "completed"}
+    watcher, listeners, log = logged_watcher(rows)
+    log.append("local")
+    waiting = watcher.watch("local", check=False)
+    time.sleep(0.2)
+    changed(listeners)
+    assert waiting.result(timeout=3).status == "completed"
+    watcher.close()
 
 
 def test_a_run_whose_end_went_unnoticed_is_found_however_busy_notifications_are() -> None:

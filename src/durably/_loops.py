@@ -10,7 +10,6 @@ durably depends on which loop it runs on.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -22,7 +21,11 @@ LOOPS = ("auto", "asyncio", "uvloop")
 
 
 def uvloop_installed() -> bool:
-    return importlib.util.find_spec("uvloop") is not None
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:  # absent, or present but broken: asyncio serves
+        return False
+    return True
 
 
 def chosen_loop(loop: str) -> str:

@@ -248,6 +248,7 @@ class RunWatcher:
                     if self._closed:
                         return
                     watched = set(self._futures)
+                    local = self._local & watched
                     new, self._new = self._new & watched, set()
                     named, self._named = self._named & watched, set()
                     everything, self._all = self._all or due, False
@@ -255,10 +256,18 @@ class RunWatcher:
                     position = None  # nobody waits: nothing to follow meanwhile
                     continue
                 if position is None:
-                    # Before the first reads: whatever ends after them is in the
-                    # log. Runs watched before may have ended unlogged-for.
+                    # Taken before the first reads: whatever ends after them is
+                    # in the log. Runs watched before may have ended unlogged-for:
+                    # this pass re-reads them all.
                     position = self._log_position()
                     everything = everything or (position is not None and watched != new)
+                elif everything and not due:
+                    # A change that could concern any run: the log says which
+                    # ended. Read before the first reads, which see later ends.
+                    ended, position = self._read_log(position)
+                    if ended is not None:
+                        named |= ended & (watched - local)  # local ones are handed over
+                        everything = False
                 try:
                     self._first_read(new)
                 except DatabaseUnavailable:  # an outage: try again later
@@ -267,14 +276,6 @@ class RunWatcher:
                 except Exception as exc:  # noqa: BLE001 - it would fail every time
                     for run_id in new:
                         self._settle(run_id, None, functools.partial(_copy_error, exc))
-                if everything and not due and position is not None:
-                    # A change that could concern any run: the log says which ended.
-                    ended, position = self._read_log(position)
-                    if ended is not None:
-                        named |= ended & watched
-                        everything = False
-                if everything:
-                    last_full = time.monotonic()
                 others = (watched - new) if everything else (named - new)
                 try:
                     for record in self._fetch_ended(sorted(others)) if others else []:
@@ -283,6 +284,9 @@ class RunWatcher:
                     with self._lock:
                         self._named |= named
                         self._all = self._all or everything
+                else:
+                    if everything:
+                        last_full = time.monotonic()
         finally:
             for stop in unsubscribe:
                 stop()

@@ -59,10 +59,16 @@ class LoopWriter:
     def _ready(self) -> bool:
         conn = self._conn
         fresh = time.monotonic() - self._used <= self._idle_check
-        if conn is not None and not conn.closed and not conn.broken and fresh:
-            # Not idle: a send was cancelled and psycopg is still settling it.
-            idle = conn.pgconn.transaction_status == TransactionStatus.IDLE
-            return self._tending is None and idle
+        # Not idle: a cancelled send that psycopg is still settling; the ping
+        # below waits for it (or, past its patience, the connection is dropped).
+        if (
+            conn is not None
+            and not conn.closed
+            and not conn.broken
+            and fresh
+            and conn.pgconn.transaction_status == TransactionStatus.IDLE
+        ):
+            return self._tending is None
         if self._tending is None and not self._closed:
             now = time.monotonic()
             if conn is None and now - self._tried < RECONNECT_GAP:

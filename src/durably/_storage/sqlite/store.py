@@ -427,6 +427,8 @@ class SQLiteStorage(Storage):
                 return [], conn.execute(q.ENDED_NEWEST).fetchone()[0]
             rows = conn.execute(q.ENDED_SINCE, (position,)).fetchall()
             if not rows:
+                if conn.execute(q.ENDED_NEWEST).fetchone()[0] < position:
+                    return None  # a different log (the file was replaced or restored)
                 return [], position  # (the newest end is never dropped)
             if rows[0][0] > position + 1:
                 return None  # ends just after position were dropped from the log
