@@ -74,8 +74,13 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
+def summary_ms(seconds: Sequence[float]) -> dict[str, Any]:
+    """Percentiles of timings given in seconds, and the samples (in ms) for pooling."""
     ms = [s * 1000.0 for s in seconds]
+    return {**summary_of_ms(ms), "samples_ms": [round(x, 4) for x in ms]}
+
+
+def summary_of_ms(ms: Sequence[float]) -> dict[str, Any]:
     return {
         "n": len(ms),
         "p50_ms": percentile(ms, 50),

@@ -136,6 +136,20 @@ def ensure(engine: str) -> tuple[bool, str]:
 # -- the runner side ----------------------------------------------------------------------
 
 
+def available(engine: str) -> dict[str, Any] | None:
+    """Install ``engine`` if need be: None if it can run, else its skip result."""
+    t0 = time.time()
+    try:
+        ok, why = ensure(engine)
+    except Exception as exc:  # noqa: BLE001 - an optional peer never fails the run
+        ok, why = False, f"{type(exc).__name__}: {exc}"
+    if not ok:
+        print(f"  SKIPPED {engine}: {why}", flush=True)
+        return {"ok": False, "skipped": True, "error": f"skipped: {why}"}
+    print(f"  {engine}: ready ({time.time() - t0:.0f}s)", flush=True)
+    return None
+
+
 def run_all(
     engines: list[str],
     base: dict[str, Any],
@@ -149,22 +163,12 @@ def run_all(
     if "throughput" in scenarios:
         wanted.append("throughput_inproc")
     out: dict[str, dict[str, Any]] = {}
-    for engine in engines:
-        t0 = time.time()
-        try:
-            ok, why = ensure(engine)
-        except Exception as exc:  # noqa: BLE001 - an optional peer never fails the run
-            ok, why = False, f"{type(exc).__name__}: {exc}"
-        if not ok:
-            print(f"  SKIPPED {engine}: {why}", flush=True)
+    for engine in engines if wanted else []:
+        skipped = available(engine)
+        if skipped is not None:
             for scenario in wanted:
-                out.setdefault(scenario, {})[engine] = {
-                    "ok": False,
-                    "skipped": True,
-                    "error": f"skipped: {why}",
-                }
+                out.setdefault(scenario, {})[engine] = skipped
             continue
-        print(f"  {engine}: ready ({time.time() - t0:.0f}s)", flush=True)
         for scenario in wanted:
             result = run_one(engine, scenario, base, f"{engine} {scenario} (own server)")
             if not result.get("ok"):

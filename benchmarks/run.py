@@ -54,10 +54,12 @@ from common import HERE, PG_ADMIN_URL, PROGRESS, REPO, event_loop_name, fresh_da
 
 ALL_SCENARIOS = ["latency", "throughput", "sleep", "recovery", "idle", "floor"]
 ALL_PEERS = ["dbos", "temporal", "restate"]
+OWN_STORAGE = ("temporal", "restate")  # measured once per suite, not per backend
 
 FULL = {
     "latency_n": 1000,
     "latency_warmup": 100,
+    "latency_rounds": 3,
     "throughput_n": 2000,
     "workers": [1, 2, 4],
     "sleep_n": 10000,
@@ -76,6 +78,7 @@ FULL = {
 QUICK = {
     "latency_n": 20,
     "latency_warmup": 3,
+    "latency_rounds": 1,
     "throughput_n": 100,
     "workers": [1],
     "sleep_n": 100,
@@ -248,6 +251,8 @@ def run_one(
             result = {"ok": False, "error": f"no result (exit code {proc.returncode})"}
         if not result.get("ok"):
             result["output_tail"] = tail[-25:]
+    if scenario != "latency":
+        result.pop("samples_ms", None)  # pooled across rounds for latency only
     result["load_before"] = load_before
     result["load_after"] = os.getloadavg()[0]
     result["elapsed"] = time.time() - started
@@ -298,11 +303,7 @@ def run_backend(
     out: dict[str, dict[str, Any]] = {}
 
     def variants(engine: str, scenario: str) -> list[tuple[str, dict[str, Any]]]:
-        if engine == "dbos" and scenario in ("latency", "throughput_inproc", "throughput_workers"):
-            return [(f"dbos-{api}", {"dbos_api": api}) for api in dbos_apis]
-        if engine == "dbos":
-            return [("dbos-async", {"dbos_api": "async"})]
-        return [(engine, {})]
+        return engine_variants(engine, scenario, dbos_apis)
 
     def record(scenario: str, label: str, result: dict[str, Any]) -> None:
         out.setdefault(scenario, {})[label] = result
@@ -314,7 +315,7 @@ def run_backend(
             record("floor", "bare", run_one(backend, "floor", "floor", base, "bare commits"))
             continue
         for engine in engines:
-            if engine in ("temporal", "restate"):
+            if engine in OWN_STORAGE:
                 continue  # run once per suite (they keep their own storage), see main()
             if scenario == "throughput":
                 for label, extra in variants(engine, "throughput_inproc"):
@@ -359,6 +360,66 @@ def run_backend(
                     ),
                 )
     return out
+
+
+def engine_variants(
+    engine: str, scenario: str, dbos_apis: list[str]
+) -> list[tuple[str, dict[str, Any]]]:
+    """(label, extra params) of each way ``engine`` is measured in ``scenario``."""
+    if engine == "dbos" and scenario in ("latency", "throughput_inproc", "throughput_workers"):
+        return [(f"dbos-{api}", {"dbos_api": api}) for api in dbos_apis]
+    if engine == "dbos":
+        return [("dbos-async", {"dbos_api": "async"})]
+    return [(engine, {})]
+
+
+def latency_in_rounds(
+    backends: list[str],
+    engines: list[str],
+    extra_peers: list[str],
+    base: dict[str, Any],
+    dbos_apis: list[str],
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Every engine's latency, alternating in rounds (see ``rounds.py``):
+    ({backend: {label: result}}, {peer: result})."""
+    import peers as peer_mod
+    from rounds import Job, run_rounds
+
+    jobs: list[Job] = []
+    for backend in backends:
+        for engine in engines:
+            if engine in OWN_STORAGE:
+                continue
+            for label, extra in engine_variants(engine, "latency", dbos_apis):
+
+                def job(
+                    params: dict[str, Any],
+                    title: str,
+                    backend: str = backend,
+                    engine: str = engine,
+                    extra: dict[str, Any] = extra,
+                ) -> dict[str, Any]:
+                    return run_one(backend, engine, "latency", {**params, **extra}, title)
+
+                jobs.append((backend, label, job))
+    by_peer: dict[str, Any] = {}
+    for peer in extra_peers:
+        skipped = peer_mod.available(peer)
+        if skipped is not None:
+            by_peer[peer] = skipped
+            continue
+
+        def peer_job(params: dict[str, Any], title: str, peer: str = peer) -> dict[str, Any]:
+            return run_one_peer(peer, "latency", params, f"{title} (own server)")
+
+        jobs.append(("peers", peer, peer_job))
+    by_backend: dict[str, dict[str, Any]] = {b: {} for b in backends}
+    for (group, label), result in run_rounds(jobs, base, base["latency_rounds"]).items():
+        if group == "peers":
+            by_peer[label] = result
+        else:
+            by_backend[group][label] = result
+    return by_backend, by_peer
 
 
 def sleep_params(base: dict[str, Any], out: dict[str, Any], engine: str) -> dict[str, Any]:
@@ -589,6 +650,12 @@ def main(argv: list[str] | None = None) -> int:
         help="minimum time until the sleepers' timers are due (default 20; 2 with --quick)",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="alternating rounds the latency samples are split into (default 3; 1 with --quick)",
+    )
+    parser.add_argument(
         "--dbos-api",
         default=None,
         help="DBOS APIs tried for latency and throughput, the best is reported "
@@ -610,6 +677,8 @@ def main(argv: list[str] | None = None) -> int:
         base["workers"] = [int(x) for x in args.workers.split(",")]
     if args.sleep_seconds is not None:
         base["sleep_seconds"] = args.sleep_seconds
+    if args.rounds is not None:
+        base["latency_rounds"] = max(1, args.rounds)
     base["floor_n"] = 5 * base["latency_n"]
     dbos_api = args.dbos_api or ("async" if args.quick else "async,sync")
     dbos_apis = [a.strip() for a in dbos_api.split(",") if a.strip()]
@@ -641,13 +710,24 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     engines = ["durably", *peers]
-    extra_peers = [p for p in peers if p in ("temporal", "restate")]
+    extra_peers = [p for p in peers if p in OWN_STORAGE]
     peer_results: dict[str, Any] = {}
-    if extra_peers:
+    latency: dict[str, dict[str, Any]] = {}
+    if "latency" in scenarios:
+        say(
+            f"\n=== sequential latency: every engine, {base['latency_rounds']} "
+            "alternating round(s), samples pooled ==="
+        )
+        latency, peer_latency = latency_in_rounds(backends, engines, extra_peers, base, dbos_apis)
+        if peer_latency:
+            peer_results["latency"] = peer_latency
+    scenarios = [s for s in scenarios if s != "latency"]
+    if extra_peers and "throughput" in scenarios:
         import peers as peer_mod
 
-        say("  optional peers (their own servers and storage, run once for the suite)")
-        peer_results = peer_mod.run_all(extra_peers, base, scenarios, run_one_peer)
+        say("\n  optional peers (their own servers and storage, run once for the suite)")
+        peer_results.update(peer_mod.run_all(extra_peers, base, scenarios, run_one_peer))
+    if peer_results:
         report["optional_peers"] = peer_results
 
     tables: dict[str, list[dict[str, Any]]] = {}
@@ -667,6 +747,8 @@ def main(argv: list[str] | None = None) -> int:
             by_backend[backend] = run_backend(backend, engines, scenarios, base, dbos_apis)
     for backend in backends:
         results = by_backend[backend]
+        if latency.get(backend):
+            results["latency"] = latency[backend]
         for scenario, by_label in peer_results.items():
             for label, r in by_label.items():
                 results.setdefault(scenario, {})[label] = r

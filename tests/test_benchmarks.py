@@ -34,7 +34,7 @@ def test_quick_benchmark_runs_every_scenario_on_both_backends(
     out = tmp_path / "results"
     command = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--backend", "both"]
     proc = subprocess.run(
-        [*command, "--quick", "--out", str(out)],
+        [*command, "--quick", "--rounds", "2", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=540,
@@ -54,3 +54,8 @@ def test_quick_benchmark_runs_every_scenario_on_both_backends(
             peer = [r for label, r in labels.items() if label.startswith("dbos")]
             assert peer and all(r["ok"] for r in peer), (backend, scenario, labels)
         assert results["floor"]["bare"]["ok"]
+        # Latency alternates the engines in rounds; each engine's samples are pooled.
+        for label, result in results["latency"].items():
+            assert result["rounds"] == 2 and len(result["rounds_p50_ms"]) == 2, label
+            assert result["n"] == report["params"]["latency_n"], label
+    assert "samples_ms" not in json.dumps(report)  # pooled, not stored
