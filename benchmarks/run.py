@@ -743,7 +743,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         by_backend = {}
         for backend in backends:
-            say(f"\n=== backend {backend} ===")
+            if scenarios:  # (latency, if asked for, was measured above)
+                say(f"\n=== backend {backend} ===")
             by_backend[backend] = run_backend(backend, engines, scenarios, base, dbos_apis)
     for backend in backends:
         results = by_backend[backend]
