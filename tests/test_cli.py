@@ -188,6 +188,42 @@ def test_start_wait_prints_the_json_result(
     assert "Traceback" not in (tmp_path / "worker.log").read_text()
 
 
+def test_a_worker_process_collects_garbage_less_often(
+    database_url: str, workers: Workers, tmp_path: Path
+) -> None:
+    # A worker process raises the gen-0 threshold and freezes what it loaded
+    # at start; an in-process worker leaves the application's settings alone.
+    import gc
+
+    before = gc.get_threshold()
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [
+            sys.executable, "-m", "durably", "worker", "apps.gc_probe:app",
+            "--database", database_url, "--log-level", "WARNING",
+        ],
+        env=workers.env(),
+        cwd=str(TESTS_DIR),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    workers.procs.append(worker)
+    try:
+        proc = run_cli(
+            "start", "apps.gc_probe:app", "gc_settings", "--wait", "--timeout", "20",
+            database=database_url,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        settings = json.loads(proc.stdout.strip().splitlines()[1])
+    finally:
+        stop_cleanly(worker)
+        log.close()
+    assert settings["threshold"][0] == 10_000
+    assert settings["threshold"][1:] == list(before[1:])
+    assert settings["frozen"] > 1000  # modules, the app: never traversed again
+    assert gc.get_threshold() == before  # this process never ran run_worker
+
+
 def test_start_unknown_workflow_is_a_clear_error(database_url: str) -> None:
     proc = run_cli("start", APP, "nosuch", "--id", "n-1", database=database_url)
     assert_clean_error(proc, "nosuch", "add, approve, fragile, greet")

@@ -27,6 +27,7 @@ from ._errors import (
     UnknownWorkflowError,
     WaitTimeout,
 )
+from ._gc import tune_for_worker
 from ._handle import WorkflowHandle
 from ._loops import run_loop
 from ._registry import StepDef, WorkflowDef, make_step, source_version
@@ -600,8 +601,11 @@ class App:
 
         ``loop`` picks the event loop: ``"uvloop"`` (``pip install
         'durably[fast]'``; about a sixth less CPU per run), ``"asyncio"``, or
-        ``"auto"``: uvloop where it is installed, else asyncio.
+        ``"auto"``: uvloop where it is installed, else asyncio. The process
+        is then a worker: its garbage collector runs less often (see
+        ``durably/_gc.py``).
         """
+        tune_for_worker()
         run_loop(loop, self._serve(concurrency))
 
     async def _serve(self, concurrency: int) -> None:
