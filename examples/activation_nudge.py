@@ -53,8 +53,8 @@ async def main() -> None:
         eager = await app.start(onboarding, "ada", id="onboarding-ada")
         idle = await app.start(onboarding, "bob", id="onboarding-bob")
         await app.signal(eager.id, "activated", {"via": "email link"})
-        print("ada:", await eager.result(timeout=60))
-        print("bob:", await idle.result(timeout=60))
+        print(f"ada: {await eager.result(timeout=60)}")  # one write: steps print meanwhile
+        print(f"bob: {await idle.result(timeout=60)}")
 
 
 if __name__ == "__main__":

@@ -66,12 +66,12 @@ async def main() -> None:
     async with app.worker():
         yes = await app.start(expense_approval, "exp-1", 4200, id="expense-exp-1")
         no = await app.start(expense_approval, "exp-2", 99900, id="expense-exp-2")
-        print("exp-1:", await app.get_event(yes.id, "status", timeout=30))
+        print(f"exp-1: {await app.get_event(yes.id, 'status', timeout=30)}")
         await app.signal(yes.id, "decision", {"approved": True, "by": "grace"})
         await app.signal(no.id, "decision", {"approved": False, "by": "grace"})
-        print("exp-1:", await yes.result(timeout=60))
-        print("exp-2:", await no.result(timeout=60))
-        print("exp-2 status:", await app.get_event(no.id, "status"))
+        print(f"exp-1: {await yes.result(timeout=60)}")  # one write: steps print meanwhile
+        print(f"exp-2: {await no.result(timeout=60)}")
+        print(f"exp-2 status: {await app.get_event(no.id, 'status')}")
 
 
 if __name__ == "__main__":
