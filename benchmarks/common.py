@@ -6,7 +6,6 @@ dropped, processes are started and killed, files are counted.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -19,6 +18,8 @@ import uuid
 from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+from durably._loops import chosen_loop, run_loop
 
 T = TypeVar("T")
 
@@ -43,22 +44,15 @@ def progress(message: str) -> None:
 
 def event_loop_name() -> str:
     """The event loop every async client and in-process worker runs on here."""
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return "asyncio"
-    return "uvloop"
+    return chosen_loop("auto")
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:
-    """Run ``main`` on :func:`event_loop_name`'s loop: uvloop when installed (the
-    bench extra installs it; uvicorn picks it the same way), for every engine
-    alike, so no engine's figure depends on which loop it got."""
-    if event_loop_name() == "uvloop":
-        import uvloop
-
-        return uvloop.run(main)
-    return asyncio.run(main)
+    """Run ``main`` on :func:`event_loop_name`'s loop (uvloop when installed: the
+    bench extra installs it, as uvicorn picks it for a web app), the way
+    ``durably worker`` picks its loop, for every engine alike, so no engine's
+    figure depends on which loop it got."""
+    return run_loop("auto", main)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

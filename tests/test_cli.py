@@ -148,15 +148,12 @@ def test_start_without_id_generates_distinct_ids(database_url: str) -> None:
     assert set(table_rows(run_cli("list", database=database_url).stdout)) == set(ids)
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_start_wait_prints_the_json_result(
-    database_url: str, workers: Workers, tmp_path: Path, loop: str
-) -> None:
-    log = (tmp_path / "worker.log").open("w")
+def spawn_worker(app_ref: str, database_url: str, workers: Workers, log: Any, *options: str) -> Any:
+    """A ``durably worker`` process for ``app_ref``, stopped by the ``workers`` fixture."""
     worker = subprocess.Popen(
         [
-            sys.executable, "-m", "durably", "worker", APP,
-            "--database", database_url, "--log-level", "WARNING", "--loop", loop,
+            sys.executable, "-m", "durably", "worker", app_ref,
+            "--database", database_url, "--log-level", "WARNING", *options,
         ],
         env=workers.env(),
         cwd=str(TESTS_DIR),
@@ -164,6 +161,15 @@ def test_start_wait_prints_the_json_result(
         stderr=subprocess.STDOUT,
     )  # fmt: skip
     workers.procs.append(worker)
+    return worker
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_start_wait_prints_the_json_result(
+    database_url: str, workers: Workers, tmp_path: Path, loop: str
+) -> None:
+    log = (tmp_path / "worker.log").open("w")
+    worker = spawn_worker(APP, database_url, workers, log, "--loop", loop)
     try:
         proc = run_cli(
             "start", APP, "greet", "ada", "--id", "w-1", "--wait", "--timeout", "20",
@@ -197,17 +203,7 @@ def test_a_worker_process_collects_garbage_less_often(
 
     before = gc.get_threshold()
     log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [
-            sys.executable, "-m", "durably", "worker", "apps.gc_probe:app",
-            "--database", database_url, "--log-level", "WARNING",
-        ],
-        env=workers.env(),
-        cwd=str(TESTS_DIR),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    workers.procs.append(worker)
+    worker = spawn_worker("apps.gc_probe:app", database_url, workers, log)
     try:
         proc = run_cli(
             "start", "apps.gc_probe:app", "gc_settings", "--wait", "--timeout", "20",

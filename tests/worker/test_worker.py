@@ -359,6 +359,22 @@ async def test_a_lone_run_skips_the_committer_thread_and_busy_workers_group_on_i
     assert worker.committer.batches < worker.committer.writes
 
 
+def add_two_steps(app: durably.App, ran: list[int] | None = None) -> Any:
+    """A workflow of two steps (x + 1 each); ``ran`` records each step's input."""
+
+    @app.step()
+    async def s(x: int) -> int:
+        if ran is not None:
+            ran.append(x)
+        return x + 1
+
+    @app.workflow()
+    async def two(ctx: durably.Context, x: int) -> int:
+        return int(await s(await s(x)))
+
+    return two
+
+
 async def test_a_lone_run_survives_its_loop_connection_being_cut(
     make_app: Callable[..., durably.App], backend: str
 ) -> None:
@@ -368,16 +384,7 @@ async def test_a_lone_run_survives_its_loop_connection_being_cut(
     # the connection is opened again.
     app = make_app()
     ran: list[int] = []
-
-    @app.step()
-    async def s(x: int) -> int:
-        ran.append(x)
-        return x + 1
-
-    @app.workflow()
-    async def two(ctx: durably.Context, x: int) -> int:
-        return int(await s(await s(x)))
-
+    two = add_two_steps(app, ran)
     async with app.worker() as worker:
         assert await (await app.start(two, 0)).result(timeout=20) == 2
         writer: Any = worker.committer._writer
@@ -402,14 +409,7 @@ async def test_a_start_cancelled_mid_send_leaves_the_loop_connection_usable(
     # cancelling the caller (here a start whose create waits on a table lock)
     # cancels the send. The connection settles, and later writes use it again.
     app = make_app()
-
-    @app.step()
-    async def s(x: int) -> int:
-        return x + 1
-
-    @app.workflow()
-    async def two(ctx: durably.Context, x: int) -> int:
-        return int(await s(await s(x)))
+    two = add_two_steps(app)
 
     async with app.worker() as worker:
         assert await (await app.start(two, 0)).result(timeout=20) == 2
@@ -437,15 +437,7 @@ async def test_a_lone_run_waits_for_another_process_lock_off_the_loop(tmp_path: 
     import sqlite3
 
     app = durably.App("test", f"sqlite:///{tmp_path / 'durably.db'}", lease_seconds=2.0)
-
-    @app.step()
-    async def s(x: int) -> int:
-        return x + 1
-
-    @app.workflow()
-    async def two(ctx: durably.Context, x: int) -> int:
-        return int(await s(await s(x)))
-
+    two = add_two_steps(app)
     ticks = 0
 
     async def ticker() -> None:
