@@ -83,8 +83,7 @@ WITH fresh AS (
 UPDATE durably.runs r
 SET owner = %(me)s, epoch = r.epoch + 1, lease_until = %(lease)s, status = 'running',
     wake_at = NULL, started_at = COALESCE(r.started_at, %(now)s), updated_at = %(now)s
-FROM chosen
-WHERE r.id = chosen.id
+WHERE r.id = ANY(ARRAY(SELECT id FROM chosen))
 RETURNING {", ".join("r." + c.strip() for c in RUN_COLUMNS.split(","))}
 """
 

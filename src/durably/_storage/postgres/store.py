@@ -5,6 +5,10 @@ other; a commit locks the rows of the runs it writes (``FOR NO KEY UPDATE``)
 and checks their claim epoch, so a worker whose lease was taken over can
 never append to a run it no longer owns. Wake-ups arrive by
 ``LISTEN/NOTIFY``; workers also poll rarely as a fallback.
+
+Statements whose best plan depends on how many runs they name or how big the
+tables have grown run with ``prepare=False``: planned at each execution, not
+once by a generic plan made while the tables were empty (docs/design.md).
 """
 
 from __future__ import annotations
@@ -71,6 +75,14 @@ IDLE_CHECK = 2.0
 _used: dict[int, float] = {}
 
 
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    # durably's reads are point lookups by id and walks of an index in the
+    # order a claim takes runs. A bitmap scan serves neither, but the planner
+    # picks one (then sorts everything it found) whenever its estimates say a
+    # table is tiny: without statistics, in a burst, with autovacuum off.
+    conn.execute("SET enable_bitmapscan = off")
+
+
 def _check_if_idle(conn: psycopg.Connection[Any]) -> None:
     last = _used.get(id(conn))
     if last is None or time.monotonic() - last > IDLE_CHECK:
@@ -119,6 +131,7 @@ class PostgresStorage(Storage):
             kwargs={"autocommit": True},
             open=False,
             check=_check_if_idle,
+            configure=_configure,
             name="durably",
         )
         self._opened = False
@@ -242,7 +255,8 @@ class PostgresStorage(Storage):
             with conn.transaction():
                 created = self._insert_runs(conn, runs)
             # A new statement sees runs other transactions created meanwhile.
-            rows = {r[0]: RunRecord(*r) for r in conn.execute(q.GET_RUNS, (ids,)).fetchall()}
+            found = conn.execute(q.GET_RUNS, (ids,), prepare=False).fetchall()
+        rows = {r[0]: RunRecord(*r) for r in found}
         seen: set[str] = set()
         out = []
         for run_id in ids:
@@ -258,7 +272,7 @@ class PostgresStorage(Storage):
     def list_runs(self, where: RunFilter) -> list[RunRecord]:
         tail, params = filter_sql(where, "%s")
         with self._conn() as conn:
-            rows = conn.execute(q.LIST_RUNS + tail, params).fetchall()  # type: ignore[arg-type]
+            rows = conn.execute(q.LIST_RUNS + tail, params, prepare=False).fetchall()  # type: ignore[arg-type]
         return [RunRecord(*r) for r in rows]
 
     def load_journal(self, run_id: str) -> list[Entry]:
@@ -287,7 +301,7 @@ class PostgresStorage(Storage):
             "wvs": list(versions),
         }
         with self._conn() as conn:
-            rows = conn.execute(q.CLAIM, params).fetchall()
+            rows = conn.execute(q.CLAIM, params, prepare=False).fetchall()
         return [RunRecord(*r) for r in rows]
 
     def commit(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> set[str]:
@@ -307,7 +321,7 @@ class PostgresStorage(Storage):
             if creates:  # runs started in this process, created already claimed
                 self._insert_runs(conn, creates)
             ids = [w.run_id for w in writes]
-            owned = dict(conn.execute(q.OWNED, (worker_id, ids)).fetchall())
+            owned = dict(conn.execute(q.OWNED, (worker_id, ids), prepare=False).fetchall())
             part = partition(writes, owned, now)
             with conn.cursor() as cur:
                 if part.consumed:
@@ -328,7 +342,7 @@ class PostgresStorage(Storage):
                 if part.updates:
                     cur.executemany(q.UPDATE_RUN, part.updates)
                 if part.ended:
-                    cur.execute(q.WAKE_PARENTS, (now, part.ended))
+                    cur.execute(q.WAKE_PARENTS, (now, part.ended), prepare=False)
                 notes = [(CHANNEL_DONE, run_id) for run_id in part.ended]
                 notes += [  # handed back (a worker stopping): others may take them now
                     (CHANNEL_WORK, u["id"])
@@ -419,7 +433,8 @@ class PostgresStorage(Storage):
             "e_epoch": [epoch for _, _, epoch in entries],
         }
         with self._conn() as conn:
-            kept = {row[0] for row in conn.execute(q.COMMIT_SIMPLE, params).fetchall()}
+            done = conn.execute(q.COMMIT_SIMPLE, params, prepare=False).fetchall()
+        kept = {row[0] for row in done}
         return {w.run_id for w in writes} - kept
 
     def renew(
@@ -429,12 +444,12 @@ class PostgresStorage(Storage):
             return []
         with self._conn() as conn:
             params = (now + lease_seconds, worker_id, list(run_ids))
-            return [str(r[0]) for r in conn.execute(q.RENEW, params).fetchall()]
+            return [str(r[0]) for r in conn.execute(q.RENEW, params, prepare=False).fetchall()]
 
     def release(self, worker_id: str, run_ids: Sequence[str], now: float) -> None:
         if run_ids:
             with self._conn() as conn:
-                conn.execute(q.RELEASE, (now, worker_id, list(run_ids)))
+                conn.execute(q.RELEASE, (now, worker_id, list(run_ids)), prepare=False)
 
     def next_due(
         self, workflows: Sequence[str], now: float, versions: Sequence[str] = ()
@@ -443,7 +458,7 @@ class PostgresStorage(Storage):
             return None
         with self._conn() as conn:
             params = {"wfs": list(workflows), "wvs": list(versions)}
-            row = conn.execute(q.NEXT_DUE, params).fetchone()
+            row = conn.execute(q.NEXT_DUE, params, prepare=False).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
     def set_status(
@@ -469,7 +484,7 @@ class PostgresStorage(Storage):
         if not run_ids:
             return []
         with self._conn() as conn:
-            rows = conn.execute(sql, (list(run_ids),)).fetchall()
+            rows = conn.execute(sql, (list(run_ids),), prepare=False).fetchall()
         return [RunRecord(*r) for r in rows]
 
     def send_signal(self, run_id: str, topic: str, payload: str, now: float) -> None:
@@ -483,7 +498,7 @@ class PostgresStorage(Storage):
         if not run_ids:
             return []
         with self._conn() as conn:
-            rows = conn.execute(q.PENDING_SIGNALS, (list(run_ids),)).fetchall()
+            rows = conn.execute(q.PENDING_SIGNALS, (list(run_ids),), prepare=False).fetchall()
         return [Signal(*r) for r in rows]
 
     def get_event(self, run_id: str, key: str) -> str | None:
@@ -500,10 +515,12 @@ class PostgresStorage(Storage):
         with self._conn() as conn, conn.transaction():
             if conn.execute(q.RUN_STATUS_FOR_UPDATE, (run_id,)).fetchone() is None:
                 raise RunNotFound(f"no run with id {run_id!r}")
-            ended = [r[0] for r in conn.execute(q.CANCEL_PENDING_TREE, params).fetchall()]
-            marked = [r[0] for r in conn.execute(q.MARK_CANCEL_TREE, params).fetchall()]
+            tree = conn.execute(q.CANCEL_PENDING_TREE, params, prepare=False).fetchall()
+            ended = [r[0] for r in tree]
+            tree = conn.execute(q.MARK_CANCEL_TREE, params, prepare=False).fetchall()
+            marked = [r[0] for r in tree]
             if ended:
-                conn.execute(q.WAKE_PARENTS, (now, ended))
+                conn.execute(q.WAKE_PARENTS, (now, ended), prepare=False)
             notes = [(CHANNEL_DONE, i) for i in ended] + [(CHANNEL_CANCEL, i) for i in marked]
             if notes:
                 with conn.cursor() as cur:
@@ -515,7 +532,7 @@ class PostgresStorage(Storage):
         if not run_ids:
             return {}
         with self._conn() as conn:
-            rows = conn.execute(q.CANCEL_REQUESTS, (list(run_ids),)).fetchall()
+            rows = conn.execute(q.CANCEL_REQUESTS, (list(run_ids),), prepare=False).fetchall()
         return {str(r[0]): str(r[1]) for r in rows}
 
     # -- wake-ups --------------------------------------------------------------

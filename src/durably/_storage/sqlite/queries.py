@@ -74,21 +74,26 @@ def any_claimable(n_workflows: int, n_versions: int = 0) -> str:
 
 def _claimable(n_workflows: int, n_versions: int) -> str:
     wf = _runnable(n_workflows, n_versions)
+    # Each part walks the index kept in the order it takes runs, and stops
+    # after :n. Left to itself the planner prefers durably_runs_by_status
+    # (equality on status) and sorts every suspended or held run on each
+    # claim: 15 ms with 20,000 asleep, growing with them.
     return f"""
     SELECT id FROM (
-        SELECT id FROM durably_runs
+        SELECT id FROM durably_runs INDEXED BY durably_runs_pending
         WHERE status = 'pending' AND {wf}
         ORDER BY created_at LIMIT :n)
     UNION ALL
     SELECT id FROM (
-        SELECT id FROM durably_runs
+        SELECT id FROM durably_runs INDEXED BY durably_runs_due
         WHERE status = 'suspended' AND wake_at <= :now AND {wf}
           AND (owner IS NULL OR lease_until < :now)
         ORDER BY wake_at LIMIT :n)
     UNION ALL
     SELECT id FROM (
-        SELECT id FROM durably_runs
-        WHERE status IN ('running', 'suspended') AND lease_until < :now AND {wf}
+        SELECT id FROM durably_runs INDEXED BY durably_runs_leases
+        WHERE status IN ('running', 'suspended') AND lease_until < :now
+          AND lease_until IS NOT NULL AND {wf}
         ORDER BY lease_until LIMIT :n)
     LIMIT :n"""
 
