@@ -11,6 +11,7 @@ the oldest few, on both backends, whenever the planner had no statistics.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -145,3 +146,94 @@ def test_a_sqlite_claim_walks_its_indexes_in_order(tmp_path: Path) -> None:
         assert len(store.claim("w1", ["wf"], 100, time.time(), 30.0)) == 100
     finally:
         store.close()
+
+
+def _table_reads(url: str) -> tuple[int, int, int]:
+    """Rows read by sequential scans of durably.runs, entries read from
+    runs_due, and journal rows inserted (all sessions, once they reported)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT t.seq_tup_read, i.idx_tup_read, j.n_tup_ins"
+            " FROM pg_stat_user_tables t, pg_stat_user_indexes i, pg_stat_user_tables j"
+            " WHERE t.relid = 'durably.runs'::regclass"
+            " AND i.indexrelid = 'durably.runs_due'::regclass"
+            " AND j.relid = 'durably.journal'::regclass"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def test_a_lone_run_ends_without_reading_the_runs_asleep(store: PostgresStorage) -> None:
+    import asyncio
+
+    import psycopg
+
+    import durably
+
+    app = durably.App("plans", database=store.url)
+
+    @app.step()
+    async def one(x: int) -> int:
+        return x + 1
+
+    @app.workflow()
+    async def flow(ctx: durably.Context, x: int) -> int:
+        return await one(await one(x))
+
+    async def run(n: int) -> None:
+        for i in range(n):
+            assert await (await app.start(flow, i)).result(timeout=30) == i + 2
+
+    async def main() -> None:
+        async with app.worker():
+            await run(30)  # prepared, then given a generic plan, on a tiny table
+            with psycopg.connect(store.url, autocommit=True) as conn:
+                conn.execute(
+                    "INSERT INTO durably.runs (id, workflow, version, status, args,"
+                    " created_at, updated_at, wake_at) SELECT 's' || g, 'sleeper', '1',"
+                    " 'suspended', '[]', 1, 1, 4e9 FROM generate_series(1, 3000) g"
+                )
+            await run(5)
+
+    asyncio.run(main())
+    app.close()
+    deadline = time.monotonic() + 10
+    while _table_reads(store.url)[2] < 35 * 2 and time.monotonic() < deadline:
+        time.sleep(0.1)  # closed sessions report their counters as they exit
+    seq_rows, due_rows, journaled = _table_reads(store.url)
+    assert journaled >= 35 * 2
+    # Five runs ending past 3,000 sleeping ones: a scan of them would read 15,000.
+    assert seq_rows < 3000 and due_rows < 3000, (seq_rows, due_rows)
+
+
+def _sqlite_plan(sql: str, raw: sqlite3.Connection) -> list[str]:
+    args: Any = (
+        dict.fromkeys(re.findall(r":(\w+)", sql)) if "?" not in sql else [None] * sql.count("?")
+    )
+    return [str(r[3]) for r in raw.execute("EXPLAIN QUERY PLAN " + sql, args)]
+
+
+def test_sqlite_statements_find_runs_by_id_through_the_id_index(tmp_path: Path) -> None:
+    # Not through durably_runs_by_status, which would read every run in that
+    # state: every sleeping run, at each commit that ends a run.
+    store = open_storage(f"sqlite:///{tmp_path / 'plans.db'}")
+    store.migrate()
+    store.close()
+    raw = sqlite3.connect(tmp_path / "plans.db")
+    try:
+        statements = {
+            "wake_parents": sqlite_queries.wake_parents(3),
+            "CANCEL_PENDING_TREE": sqlite_queries.CANCEL_PENDING_TREE,
+            "MARK_CANCEL_TREE": sqlite_queries.MARK_CANCEL_TREE,
+            "WAKE_SUSPENDED": sqlite_queries.WAKE_SUSPENDED,
+        }
+        for name, sql in statements.items():
+            first = _sqlite_plan(sql, raw)[0]
+            assert "sqlite_autoindex_durably_runs_1 (id=?)" in first, (name, first)
+        # The next due time: the first entry of each ordered index, not a sort.
+        steps = _sqlite_plan(sqlite_queries.next_due(2), raw)
+        assert not [s for s in steps if "by_status" in s or "TEMP B-TREE" in s], steps
+    finally:
+        raw.close()

@@ -156,11 +156,13 @@ def next_due(n_workflows: int, n_versions: int = 0) -> str:
     wf = _runnable(n_workflows, n_versions)
     return f"""
 SELECT MIN(t) FROM (
-    SELECT MIN(wake_at) AS t FROM durably_runs
-    WHERE status = 'suspended' AND {wf}
+    SELECT * FROM (
+        SELECT wake_at AS t FROM durably_runs INDEXED BY durably_runs_due
+        WHERE status = 'suspended' AND {wf} ORDER BY wake_at LIMIT 1)
     UNION ALL
-    SELECT MIN(lease_until) AS t FROM durably_runs
-    WHERE lease_until IS NOT NULL AND {wf}
+    SELECT * FROM (
+        SELECT lease_until AS t FROM durably_runs INDEXED BY durably_runs_leases
+        WHERE lease_until IS NOT NULL AND {wf} ORDER BY lease_until LIMIT 1)
 )
 """
 
@@ -191,10 +193,13 @@ ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, updated_at = exc
 """
 
 
+# ``+status`` where runs found by id must be in some state: a plain
+# ``status = ...`` makes SQLite prefer durably_runs_by_status and read every
+# run in that state (every sleeping run, on each commit that ends a run).
 def wake_parents(n: int) -> str:
     return f"""
 UPDATE durably_runs SET wake_at = ?
-WHERE status = 'suspended' AND id IN (
+WHERE +status = 'suspended' AND id IN (
     SELECT parent_id FROM durably_runs WHERE parent_id IS NOT NULL AND id IN ({_marks(n)}))
 """
 
@@ -254,7 +259,7 @@ UPDATE durably_runs
 SET status = 'cancelled', finished_at = :now, updated_at = :now, error = :error,
     cancel_requested = COALESCE(cancel_requested, :now),
     cancel_reason = COALESCE(cancel_reason, :reason)
-WHERE status = 'pending' AND id IN (SELECT id FROM tree)
+WHERE +status = 'pending' AND id IN (SELECT id FROM tree)
 RETURNING id
 """
 )
@@ -267,7 +272,7 @@ SET cancel_requested = COALESCE(cancel_requested, :now),
     cancel_reason = COALESCE(cancel_reason, :reason),
     wake_at = CASE WHEN status = 'suspended' THEN :now ELSE wake_at END,
     updated_at = :now
-WHERE status IN ('running', 'suspended') AND id IN (SELECT id FROM tree)
+WHERE +status IN ('running', 'suspended') AND id IN (SELECT id FROM tree)
 """
 )
 
