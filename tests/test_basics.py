@@ -95,6 +95,34 @@ async def test_start_is_idempotent_by_id(make_app: Callable[..., durably.App]) -
     assert runs == [1]
 
 
+async def test_start_in_a_worker_process_is_idempotent_by_id(
+    make_app: Callable[..., durably.App],
+) -> None:
+    # A start beside a worker creates the run already claimed, in one
+    # statement; an id that exists must still find the existing run.
+    app = make_app()
+    runs: list[int] = []
+
+    @app.step()
+    def effect(n: int) -> int:
+        runs.append(n)
+        return n
+
+    @app.workflow()
+    async def flow(ctx: durably.Context, n: int) -> int:
+        return await effect(n)
+
+    async with app.worker():
+        first = await app.start(flow, 1, id="same")
+        assert await first.result(timeout=20) == 1
+        second = await app.start(flow, 2, id="same")
+        assert second.id == "same"
+        assert await second.result(timeout=20) == 1
+        other = await app.start(flow, 3, id="other")
+        assert await other.result(timeout=20) == 3
+    assert runs == [1, 3]
+
+
 async def test_failed_run_carries_the_error(make_app: Callable[..., durably.App]) -> None:
     app = make_app()
 

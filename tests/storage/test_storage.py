@@ -643,6 +643,14 @@ def test_next_due_is_the_earliest_wake_or_lease_time(storage: Storage) -> None:
         update = RunUpdate(status="suspended", wake_at=wake_at, release=True)
         assert storage.commit("w", [RunWrite(run_id, run.epoch, [], update)], T0) == set()
 
+    def suspend_without_timer(run_id: str) -> None:  # waits for a signal or a child
+        storage.create_run(new_run(run_id, "wf"))
+        run = claim_one(storage, "w", T0, ("wf",))
+        update = RunUpdate(status="suspended", wake_at=None, release=True)
+        assert storage.commit("w", [RunWrite(run_id, run.epoch, [], update)], T0) == set()
+
+    suspend_without_timer("waiting")
+    assert storage.next_due(["wf"], T0) is None
     suspend("late", "wf", T0 + 500)
     assert storage.next_due(["wf"], T0) == pytest.approx(T0 + 500)
     suspend("soon", "wf", T0 + 200)

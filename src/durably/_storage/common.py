@@ -185,6 +185,27 @@ def sql_missed(
     return missed
 
 
+def lone_create(writes: Sequence[RunWrite]) -> NewRun | None:
+    """The run if the batch only creates one run already claimed (a start in
+    a worker's own process): backends write that in one statement. None
+    otherwise."""
+    if len(writes) != 1:
+        return None
+    w = writes[0]
+    run = w.create
+    if (
+        run is None
+        or not run.owner
+        or w.entries
+        or w.update is not None
+        or w.consumed
+        or w.events
+        or w.children
+    ):
+        return None
+    return run
+
+
 def lone_append(writes: Sequence[RunWrite]) -> tuple[RunWrite, Entry] | None:
     """The write and its entry if the batch only appends one journal entry to
     one run (a step's result in mid-run): backends write that in one fenced

@@ -47,6 +47,7 @@ from ..common import (
     check_version,
     filter_sql,
     lone_append,
+    lone_create,
     migrations,
     partition,
     run_row,
@@ -363,9 +364,9 @@ class PostgresStorage(Storage):
         if len(writes) != 1:
             return None
         write = writes[0]
-        if _only_create(write) and write.create is not None and write.create.owner:
-            # A run started in this process, created claimed (so no NOTIFY).
-            return OneStatement(q.INSERT_RUN, run_row(write.create), write.run_id)
+        create = lone_create(writes)
+        if create is not None:  # started in this process, created claimed (so no NOTIFY)
+            return OneStatement(q.INSERT_RUN, run_row(create), write.run_id)
         append = lone_append(writes)
         if append is not None:  # a step's result in mid-run (see q.APPEND_ONE)
             params = _entry_params(append[1])
@@ -581,15 +582,4 @@ def _simple(write: RunWrite) -> bool:
         and not write.events
         and not write.children
         and (u is None or not (u.release and u.status == "suspended"))
-    )
-
-
-def _only_create(write: RunWrite) -> bool:
-    return (
-        write.create is not None
-        and not write.entries
-        and write.update is None
-        and not write.consumed
-        and not write.events
-        and not write.children
     )

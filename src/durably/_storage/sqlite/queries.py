@@ -158,7 +158,8 @@ def next_due(n_workflows: int, n_versions: int = 0) -> str:
 SELECT MIN(t) FROM (
     SELECT * FROM (
         SELECT wake_at AS t FROM durably_runs INDEXED BY durably_runs_due
-        WHERE status = 'suspended' AND {wf} ORDER BY wake_at LIMIT 1)
+        WHERE status = 'suspended' AND wake_at IS NOT NULL AND {wf}
+        ORDER BY wake_at LIMIT 1)  -- NULLs sort first: a run waiting without a timer
     UNION ALL
     SELECT * FROM (
         SELECT lease_until AS t FROM durably_runs INDEXED BY durably_runs_leases

@@ -43,6 +43,7 @@ from ..common import (
     check_version,
     filter_sql,
     lone_append,
+    lone_create,
     migrations,
     partition,
     run_row,
@@ -322,6 +323,15 @@ class SQLiteStorage(Storage):
     ) -> set[str]:
         if not writes:
             return set()
+        create = lone_create(writes)
+        if create is not None:  # a start in this process: no claim to check yet
+            row = run_row(create)
+
+            def insert(conn: sqlite3.Connection) -> set[str]:
+                made = conn.execute(q.INSERT_RUN, row).rowcount
+                return set() if made == 1 else {create.id}
+
+            return self._retry(insert, patient=patient)
         append = lone_append(writes)
         if append is not None:
             w, e = append
