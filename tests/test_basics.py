@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -74,9 +75,8 @@ def test_sync_workflow_and_blocking_client_api(make_app: Callable[..., durably.A
     uuid.UUID(str(ident))
 
 
-async def test_start_is_idempotent_by_id(make_app: Callable[..., durably.App]) -> None:
-    app = make_app()
-    runs: list[int] = []
+def _recording_flow(app: durably.App, runs: list[int]) -> Any:
+    """A workflow of one step that records each time the step runs."""
 
     @app.step()
     def effect(n: int) -> int:
@@ -86,6 +86,14 @@ async def test_start_is_idempotent_by_id(make_app: Callable[..., durably.App]) -
     @app.workflow()
     async def flow(ctx: durably.Context, n: int) -> int:
         return await effect(n)
+
+    return flow
+
+
+async def test_start_is_idempotent_by_id(make_app: Callable[..., durably.App]) -> None:
+    app = make_app()
+    runs: list[int] = []
+    flow = _recording_flow(app, runs)
 
     first = await app.start(flow, 1, id="same")
     second = await app.start(flow, 2, id="same")
@@ -102,15 +110,7 @@ async def test_start_in_a_worker_process_is_idempotent_by_id(
     # statement; an id that exists must still find the existing run.
     app = make_app()
     runs: list[int] = []
-
-    @app.step()
-    def effect(n: int) -> int:
-        runs.append(n)
-        return n
-
-    @app.workflow()
-    async def flow(ctx: durably.Context, n: int) -> int:
-        return await effect(n)
+    flow = _recording_flow(app, runs)
 
     async with app.worker():
         first = await app.start(flow, 1, id="same")
