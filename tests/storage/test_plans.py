@@ -237,3 +237,24 @@ def test_sqlite_statements_find_runs_by_id_through_the_id_index(tmp_path: Path) 
         assert not [s for s in steps if "by_status" in s or "TEMP B-TREE" in s], steps
     finally:
         raw.close()
+
+
+def test_a_prepared_claim_made_on_a_tiny_table_walks_indexes_once_it_has_grown(
+    store: PostgresStorage,
+) -> None:
+    # Claims stay prepared (planning one costs more than running it); its
+    # generic plan, made while the table was nearly empty, must not scan.
+    store.create_runs(_runs(0, 3))
+    for _ in range(15):  # prepared at 5, generic plan from about the 10th
+        store.claim("w0", ["none"], 1, T0, 30.0)
+    _backlog(store, 1500)
+    with store._conn() as conn:
+        row = conn.execute(
+            "SELECT generic_plans FROM pg_prepared_statements WHERE statement LIKE '%WITH fresh%'"
+        ).fetchone()
+    assert row is not None and row[0] > 0, row  # the plan used below is the generic one
+
+    before = _sequential_scans(store)
+    for _ in range(3):
+        assert len(store.claim("w1", ["wf"], 100, T0 + 10_000, 30.0)) == 100
+    assert _sequential_scans(store) - before == 0

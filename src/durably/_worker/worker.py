@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import socket
 import threading
@@ -90,6 +91,7 @@ class Worker:
         self._on_ended = on_ended
         self._reserved = 0  # slots promised to runs being started in this process
         self._starved = False  # the last claim took as many runs as there was room
+        self._last_claim = -math.inf  # event-loop time the last claim was sent
         self.inline = inline  # simulation: storage calls and commits on the loop thread
         self._watching: set[str] = set()
         self._subscribe_local = subscribe_local
@@ -294,6 +296,7 @@ class Worker:
                 claimed: list[RunRecord] = []
                 if want > 0:
                     claim_began = self.clock()
+                    self._last_claim = self.loop.time()
                     # Hold the slots while the claim is out, or a local start
                     # meanwhile could take one and overfill the worker.
                     self._reserved += want
@@ -336,7 +339,12 @@ class Worker:
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 except asyncio.TimeoutError:
                     pass
-                await asyncio.sleep(MIN_CLAIM_GAP)
+                # A burst of notifications (a client starting thousands of
+                # runs) gathers into one claim per gap; a lone start, coming
+                # after a quiet spell, is claimed at once.
+                gap = self._last_claim + MIN_CLAIM_GAP - self.loop.time()
+                if gap > 0:
+                    await asyncio.sleep(gap)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - database trouble: back off, retry

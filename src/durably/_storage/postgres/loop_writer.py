@@ -27,6 +27,7 @@ from psycopg.pq import TransactionStatus
 
 from ..._errors import DatabaseError, DatabaseUnavailable
 from ..base import RunWrite
+from . import queries as q
 
 if TYPE_CHECKING:
     from .store import OneStatement, PostgresStorage
@@ -123,6 +124,7 @@ class LoopWriter:
             self._conn = await psycopg.AsyncConnection.connect(
                 self._storage.conninfo, autocommit=True, connect_timeout=10
             )
+            await self._conn.execute(q.SESSION)
             self._cursor = self._conn.cursor()
         else:
             await conn.execute("SELECT 1")

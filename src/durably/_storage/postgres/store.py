@@ -6,9 +6,10 @@ and checks their claim epoch, so a worker whose lease was taken over can
 never append to a run it no longer owns. Wake-ups arrive by
 ``LISTEN/NOTIFY``; workers also poll rarely as a fallback.
 
-Statements whose best plan depends on how many runs they name or how big the
-tables have grown run with ``prepare=False``: planned at each execution, not
-once by a generic plan made while the tables were empty (docs/design.md).
+Sessions plan for index access (``q.SESSION``). Statements whose best plan
+depends on how many runs they name run with ``prepare=False``: planned at
+each execution, not once by a generic plan made while the tables were empty
+(docs/design.md).
 """
 
 from __future__ import annotations
@@ -77,11 +78,7 @@ _used: dict[int, float] = {}
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
-    # durably's reads are point lookups by id and walks of an index in the
-    # order a claim takes runs. A bitmap scan serves neither, but the planner
-    # picks one (then sorts everything it found) whenever its estimates say a
-    # table is tiny: without statistics, in a burst, with autovacuum off.
-    conn.execute("SET enable_bitmapscan = off")
+    conn.execute(q.SESSION)  # plans for index access (see q.SESSION)
 
 
 def _check_if_idle(conn: psycopg.Connection[Any]) -> None:
@@ -251,6 +248,17 @@ class PostgresStorage(Storage):
     def create_runs(self, runs: Sequence[NewRun]) -> list[tuple[RunRecord, bool]]:
         if not runs:
             return []
+        if len(runs) == 1 and not runs[0].owner:  # one start: one round trip
+            with self._conn() as conn:
+                row = conn.execute(q.START_RUN, run_row(runs[0])).fetchone()
+                if row is not None:
+                    return [(RunRecord(*row[:-1]), True)]
+                # The id exists: a new statement sees it even if it was created
+                # by a transaction that committed while the insert waited.
+                found = conn.execute(q.GET_RUN, (runs[0].id,)).fetchone()
+            if found is None:
+                raise DatabaseError(f"{self._where}: run {runs[0].id!r} vanished on creation")
+            return [(RunRecord(*found), False)]
         ids = [r.id for r in runs]
         with self._conn() as conn:
             with conn.transaction():
@@ -272,7 +280,8 @@ class PostgresStorage(Storage):
 
     def list_runs(self, where: RunFilter) -> list[RunRecord]:
         tail, params = filter_sql(where, "%s")
-        with self._conn() as conn:
+        with self._conn() as conn, conn.transaction():
+            conn.execute(q.SCAN_ALLOWED)
             rows = conn.execute(q.LIST_RUNS + tail, params, prepare=False).fetchall()  # type: ignore[arg-type]
         return [RunRecord(*r) for r in rows]
 
@@ -302,7 +311,7 @@ class PostgresStorage(Storage):
             "wvs": list(versions),
         }
         with self._conn() as conn:
-            rows = conn.execute(q.CLAIM, params, prepare=False).fetchall()
+            rows = conn.execute(q.CLAIM, params).fetchall()
         return [RunRecord(*r) for r in rows]
 
     def commit(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> set[str]:
@@ -459,7 +468,7 @@ class PostgresStorage(Storage):
             return None
         with self._conn() as conn:
             params = {"wfs": list(workflows), "wvs": list(versions)}
-            row = conn.execute(q.NEXT_DUE, params, prepare=False).fetchone()
+            row = conn.execute(q.NEXT_DUE, params).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
     def set_status(
