@@ -207,7 +207,9 @@ WHERE {SUSPENDED_BY_ID} AND id = ANY(ARRAY(
 
 GET_RUNS = f"SELECT {RUN_COLUMNS} FROM durably.runs WHERE id = ANY(%s)"
 
-ENDED_RUNS = GET_RUNS + " AND status IN ('completed', 'failed', 'cancelled')"
+# Prepared (a waiter reads at every run's end): with scans off and the state
+# tested as an expression, its generic plan is the primary key at any size.
+ENDED_RUNS = GET_RUNS + " AND (status || '') IN ('completed', 'failed', 'cancelled')"
 
 RUN_STATUS_FOR_UPDATE = "SELECT status FROM durably.runs WHERE id = %s FOR UPDATE"
 

@@ -494,7 +494,7 @@ class PostgresStorage(Storage):
         if not run_ids:
             return []
         with self._conn() as conn:
-            rows = conn.execute(sql, (list(run_ids),), prepare=False).fetchall()
+            rows = conn.execute(sql, (list(run_ids),)).fetchall()
         return [RunRecord(*r) for r in rows]
 
     def send_signal(self, run_id: str, topic: str, payload: str, now: float) -> None:
