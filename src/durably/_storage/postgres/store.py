@@ -264,7 +264,7 @@ class PostgresStorage(Storage):
             with conn.transaction():
                 created = self._insert_runs(conn, runs)
             # A new statement sees runs other transactions created meanwhile.
-            found = conn.execute(q.GET_RUNS, (ids,), prepare=False).fetchall()
+            found = conn.execute(q.GET_RUNS, (ids,)).fetchall()
         rows = {r[0]: RunRecord(*r) for r in found}
         seen: set[str] = set()
         out = []
