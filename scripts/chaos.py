@@ -33,12 +33,18 @@ What it does:
    wrong          runs (children included) that completed with a result other than
                   the oracle's (``chaos_app.expected``)
    reexecuted_after_successor
-                  runs in which a step began executing after a step of a later
-                  stage of the same sequential chain had begun (checked on the
-                  effects ledger, which records every real execution)
+                  runs in which a step began executing, its lease confirmed
+                  only after a step of a later stage of the same sequential
+                  chain had begun (checked on the effects ledger, which records
+                  every real execution and when its lease was last confirmed)
    reexecuted_after_journaled
-                  runs in which a step began executing after its result was
-                  journaled
+                  runs in which a step began executing, its lease confirmed
+                  only after its result was journaled
+   frozen_in_lease_window
+                  executions that began after a successor or their own record
+                  but whose lease was confirmed before: a worker frozen between
+                  its check and the step's first line, the window every lease
+                  leaves (docs/guarantees.md); reported, not a failure
    early_timers   timers whose firing was journaled before their due time
    step_reexecutions
                   executions beyond the expected ones (1 per step, ``fails + 1``
@@ -809,7 +815,8 @@ class Chaos:
         ledger = chaos_app.connect_ledger(str(self.effects))
         try:
             effects = ledger.execute(
-                "SELECT run_id, position, step, stage, expected, pid, at FROM effects ORDER BY at"
+                "SELECT run_id, position, step, stage, expected, pid, at, checked FROM effects "
+                "ORDER BY at"
             ).fetchall()
         finally:
             ledger.close()
@@ -881,18 +888,30 @@ class Chaos:
         for run_id in strays:
             problems["stray"].append(f"{run_id}: a row nobody started")
 
-        # Steps re-executed after a later stage began, or after being journaled.
+        # Steps re-executed after a later stage began, or after being journaled:
+        # judged by when the worker last confirmed the lease (a zombie must
+        # check before it starts anything); one frozen between that check and
+        # the step's first line is the window every lease leaves, reported.
+        def checked(e: tuple[Any, ...]) -> float:
+            return float(e[7]) if e[7] is not None else float(e[6])
+
+        in_window: list[str] = []
         after_successor: set[str] = set()
         for run_id, items in by_run.items():
             top_stage, top_at = -1, 0.0
             for e in sorted(items, key=lambda e: (e[6], e[3])):
                 if e[3] < top_stage and e[6] > top_at:
-                    after_successor.add(run_id)
-                    problems["reexecuted_after_successor"].append(
+                    what = (
                         f"{run_id}: step {e[2]!r} (position {e[1]}, stage {e[3]}) began at "
-                        f"{e[6]:.3f} in pid {e[5]}, after stage {top_stage} began at {top_at:.3f}"
+                        f"{e[6]:.3f} (lease confirmed at {checked(e):.3f}) in pid {e[5]}, "
+                        f"after stage {top_stage} began at {top_at:.3f}"
                         + self.frozen_note(e[5], e[6])
                     )
+                    if checked(e) > top_at:
+                        after_successor.add(run_id)
+                        problems["reexecuted_after_successor"].append(what)
+                    else:
+                        in_window.append(what)
                 if e[3] > top_stage:
                     top_stage, top_at = e[3], e[6]
         journaled: dict[tuple[str, int], float] = {}
@@ -906,12 +925,18 @@ class Chaos:
             executions[(e[0], e[1])].append(e)
             recorded = journaled.get((e[0], e[1]))
             if recorded is not None and e[6] > recorded:
-                after_journaled.add(e[0])
-                problems["reexecuted_after_journaled"].append(
-                    f"{e[0]}: step {e[2]!r} at position {e[1]} began at {e[6]:.3f} in pid "
-                    f"{e[5]}, its result was journaled at {recorded:.3f}"
-                    + self.frozen_note(e[5], e[6])
+                what = (
+                    f"{e[0]}: step {e[2]!r} at position {e[1]} began at {e[6]:.3f} (lease "
+                    f"confirmed at {checked(e):.3f}) in pid {e[5]}, its result was journaled "
+                    f"at {recorded:.3f}" + self.frozen_note(e[5], e[6])
                 )
+                if checked(e) > recorded:
+                    after_journaled.add(e[0])
+                    problems["reexecuted_after_journaled"].append(what)
+                else:
+                    in_window.append(what)
+        if in_window:
+            problems["frozen_in_lease_window"] = sorted(set(in_window))
         reexecutions = sum(
             max(0, len(items) - max(i[4] for i in items)) for items in executions.values()
         )
@@ -955,7 +980,14 @@ class Chaos:
                     for e in entries.get(run_id, [])
                 ],
                 "effects": [
-                    {"position": e[1], "step": e[2], "stage": e[3], "pid": e[5], "at": e[6]}
+                    {
+                        "position": e[1],
+                        "step": e[2],
+                        "stage": e[3],
+                        "pid": e[5],
+                        "at": e[6],
+                        "lease_confirmed": e[7],
+                    }
                     for e in by_run.get(run_id, [])
                 ],
                 "kills": [
@@ -984,6 +1016,7 @@ class Chaos:
             "wrong": len(wrong),
             "reexecuted_after_successor": len(after_successor),
             "reexecuted_after_journaled": len(after_journaled),
+            "frozen_in_lease_window": len(set(in_window)),
             "early_timers": early,
             "step_executions": len(effects),
             "step_reexecutions": reexecutions,
@@ -1118,6 +1151,7 @@ def report(acc: dict[str, Any]) -> str:
         f"  wrong results               {acc['wrong']}",
         f"  re-executed after successor {acc['reexecuted_after_successor']}",
         f"  re-executed after journaled {acc['reexecuted_after_journaled']}",
+        f"  frozen in the lease window  {acc['frozen_in_lease_window']} (allowed)",
         f"  timers fired early          {acc['early_timers']}",
         f"  step re-executions          {acc['step_reexecutions']} "
         f"(of {acc['step_executions']} executions)",

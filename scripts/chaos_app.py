@@ -10,7 +10,10 @@ named by ``CHAOS_EFFECTS``: the run id and position (from
 the step in the run's sequential chain: steps started together by
 ``asyncio.gather`` share a stage, and a stage only starts once every step of
 the previous one is journaled), how many executions the step is expected to
-need (1, or ``fails + 1`` for a flaky step), the pid and the start time.
+need (1, or ``fails + 1`` for a flaky step), the pid, the start time, and when
+the worker last confirmed the run's lease before starting it (the runner tells
+a zombie that started a step unchecked from one frozen between its check and
+the step's first line, a window every lease leaves).
 
 Each workflow's result is computable in advance from its arguments and the
 signals sent to it: :func:`expected` is the oracle.
@@ -26,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import durably
+from durably._worker.steps import lease_confirmed_at  # not public: this harness only
 
 ENV = "CHAOS_EFFECTS"
 
@@ -41,7 +45,8 @@ CREATE TABLE IF NOT EXISTS effects (
     stage    INTEGER NOT NULL,
     expected INTEGER NOT NULL,
     pid      INTEGER NOT NULL,
-    at       REAL NOT NULL
+    at       REAL NOT NULL,
+    checked  REAL
 )
 """
 
@@ -67,13 +72,14 @@ def init_ledger(path: str) -> None:
 
 def record(step: str, stage: int, expected_runs: int = 1) -> int:
     """Record one real execution of the current step; returns how many there were so far."""
+    at, checked = time.time(), lease_confirmed_at()
     run_id, _, position = durably.current_step_key().rpartition(":")
     conn = connect_ledger()
     try:
         with conn:
             conn.execute(
-                "INSERT INTO effects VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (run_id, int(position), step, stage, expected_runs, os.getpid(), time.time()),
+                "INSERT INTO effects VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, int(position), step, stage, expected_runs, os.getpid(), at, checked),
             )
         return int(
             conn.execute(

@@ -282,6 +282,55 @@ async def test_a_sync_step_queued_for_a_thread_past_its_lease_never_runs(
         worker.step_threads.shutdown(wait=False)
 
 
+async def test_a_renewal_that_outlasted_its_lease_is_confirmed_again_before_a_step(
+    make_app: Callable[..., durably.App],
+) -> None:
+    # A driver whose lease looks stale renews it before starting a step. If the
+    # process then stands still (a freeze, a long pause) for longer than the
+    # lease that renewal bought, the renewal vouches for nothing: another
+    # worker may have claimed the run meanwhile, so the lease is checked again.
+    app = make_app(lease_seconds=30.0)  # no periodic renewal during the test
+    skew = [0.0]
+    app.clock = lambda: time.time() + skew[0]
+    storage: Any = app.storage
+    real_renew = storage.renew
+    taken: list[bool] = []
+    ran: list[str] = []
+
+    def renew(me: str, ids: list[str], now: float, seconds: float) -> Any:
+        if taken:
+            return []  # another worker holds the run now
+        kept = real_renew(me, ids, now, seconds)
+        skew[0] += 30.0  # the process stood still right after the renewal landed
+        taken.append(True)
+        return kept
+
+    storage.renew = renew
+    real_claim = storage.claim
+    # Once taken, the run is another worker's: this one cannot claim it back.
+    storage.claim = lambda *args: [] if taken else real_claim(*args)
+
+    @app.step()
+    async def before() -> int:
+        skew[0] += 25.0  # past 80% of the lease: the next step must confirm it
+        return 1
+
+    @app.step()
+    async def effect() -> int:
+        ran.append("effect")
+        return 2
+
+    @app.workflow()
+    async def two(ctx: durably.Context) -> int:
+        return int(await before()) + int(await effect())
+
+    async with app.worker() as worker:
+        handle = await app.start(two)
+        await eventually(lambda: taken and handle.id not in worker.drivers)
+        await asyncio.sleep(0.2)
+    assert ran == []  # dropped as taken over, without running its step
+
+
 def commit_threads(app: durably.App) -> list[tuple[str, int]]:
     """Record how each write was made, and on which thread: "commit" (the
     committer thread's way), "nowait" (SQLite on the loop), "busy" (that was

@@ -170,11 +170,11 @@ class RunDriver:
             if p in self._executing
         )
 
-    def adopt(self, epoch: int) -> None:
+    def adopt(self, epoch: int, claimed_at: float) -> None:
         """Our own worker re-claimed this run: write under the new claim."""
         if epoch > self.epoch:
             self.epoch = epoch
-            self.claimed_at = self._clock()
+            self.claimed_at = claimed_at
 
     async def run(self) -> None:
         failed = False
@@ -555,26 +555,32 @@ class RunDriver:
 
     async def _still_ours(self) -> bool:
         """Before an effect: if our lease may have lapsed, renew it or give up."""
-        if self.worker.lease_fresh(self):
-            return True
-        now = self._clock()
-        try:
-            renewed = await self.worker.io(
-                self.worker.storage.renew,
-                self.worker.id,
-                [self.run_id],
-                now,
-                self.worker.lease_seconds,
-            )
-        except Exception as exc:  # noqa: BLE001 - cannot confirm: do not risk it
-            self.worker.outage.failed(f"confirming the lease of run {self.run_id}", exc)
-            return False
-        if renewed:
-            self.claimed_at = now
-        return bool(renewed)
+        while not self._lease_fresh():
+            now = self._clock()
+            try:
+                renewed = await self.worker.io(
+                    self.worker.storage.renew,
+                    self.worker.id,
+                    [self.run_id],
+                    now,
+                    self.worker.lease_seconds,
+                )
+            except Exception as exc:  # noqa: BLE001 - cannot confirm: do not risk it
+                self.worker.outage.failed(f"confirming the lease of run {self.run_id}", exc)
+                return False
+            if not renewed:
+                return False
+            self.claimed_at = max(self.claimed_at, now)
+            # Checked again: the process may have stood still after the renewal
+            # landed for longer than the lease it bought.
+        return True
 
     def _lease_fresh(self) -> bool:
-        return self.worker.lease_fresh(self)  # a clock comparison: safe from a step thread
+        # A clock comparison: safe from a step thread, whose context it marks.
+        if not self.worker.lease_fresh(self):
+            return False
+        steps.lease_confirmed(self._clock())
+        return True
 
     async def _run_while_ours(self, call: StepCall) -> tuple[Entry, StepCall | None] | None:
         """One attempt, begun only while the lease certainly holds; None if it was lost."""

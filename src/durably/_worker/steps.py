@@ -26,6 +26,26 @@ def is_async_callable(fn: Any) -> bool:
     )
 
 
+_confirmed: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "durably_lease_confirmed", default=None
+)
+
+
+def lease_confirmed(at: float) -> None:
+    """Note, in the current context, when the run's lease was last known to hold."""
+    _confirmed.set(at)
+
+
+def lease_confirmed_at() -> float | None:
+    """When (worker clock) the lease was last confirmed before this step attempt began.
+
+    Not public: the chaos runner reads it to tell a zombie that started a step
+    without checking (a bug) from one frozen between its check and the step's
+    first line (the window every lease leaves; docs/guarantees.md).
+    """
+    return _confirmed.get()
+
+
 class LeaseStale(Exception):
     """The run's lease went stale while a sync step waited for a thread: the
     step did not run; confirm the lease before trying again."""

@@ -99,6 +99,7 @@ class Worker:
         self.waiting_parents: set[str] = set()  # runs here that wait on a child
         self.outage = Outage()
         self._claiming: asyncio.Future[list[RunRecord]] | None = None
+        self._claim_began = 0.0  # clock() when it was sent: its leases run from then
         self._stopping = False
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -164,7 +165,7 @@ class Worker:
         if self._claiming is not None:  # a claim committed while we stopped: drive it
             try:
                 for record in await self._claiming:
-                    self._spawn(record)
+                    self._spawn(record, self._claim_began)
             except Exception:  # noqa: BLE001 - nothing was claimed then
                 pass
         held = set(self.drivers)
@@ -295,7 +296,7 @@ class Worker:
                 want = min(room, CLAIM_BATCH)
                 claimed: list[RunRecord] = []
                 if want > 0:
-                    claim_began = self.clock()
+                    self._claim_began = claim_began = self.clock()
                     self._last_claim = self.loop.time()
                     # Hold the slots while the claim is out, or a local start
                     # meanwhile could take one and overfill the worker.
@@ -438,7 +439,7 @@ class Worker:
         if running is not None:
             # We re-claimed a run we still drive (its lease lapsed while our
             # renewals failed): keep driving it under the new claim.
-            running.adopt(record.epoch)
+            running.adopt(record.epoch, claimed_at if claimed_at is not None else self.clock())
             return
         self.claimed_total += 1
         driver = RunDriver(self, record, spec, fresh=fresh)
