@@ -95,7 +95,7 @@ WITH fresh AS (
     ORDER BY wake_at LIMIT %(n)s FOR UPDATE SKIP LOCKED
 ), lapsed AS (
     SELECT id FROM durably.runs
-    WHERE status IN ('running', 'suspended') AND lease_until < %(now)s
+    WHERE (status || '') IN ('running', 'suspended') AND lease_until < %(now)s
        AND workflow = ANY(%(wfs)s)
        AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))
     ORDER BY lease_until LIMIT %(n)s FOR UPDATE SKIP LOCKED
