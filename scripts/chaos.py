@@ -42,9 +42,10 @@ What it does:
                   only after its result was journaled
    frozen_in_lease_window
                   executions that began after a successor or their own record
-                  but whose lease was confirmed before: a worker frozen between
-                  its check and the step's first line, the window every lease
-                  leaves (docs/guarantees.md); reported, not a failure
+                  but whose lease was confirmed before, in a worker frozen
+                  (SIGSTOP) between that check and the step's first line: the
+                  window every lease leaves (docs/guarantees.md); reported, not
+                  a failure
    early_timers   timers whose firing was journaled before their due time
    step_reexecutions
                   executions beyond the expected ones (1 per step, ``fails + 1``
@@ -907,7 +908,7 @@ class Chaos:
                         f"after stage {top_stage} began at {top_at:.3f}"
                         + self.frozen_note(e[5], e[6])
                     )
-                    if checked(e) > top_at:
+                    if checked(e) > top_at or not self.frozen_between(e[5], checked(e), e[6]):
                         after_successor.add(run_id)
                         problems["reexecuted_after_successor"].append(what)
                     else:
@@ -930,7 +931,7 @@ class Chaos:
                     f"confirmed at {checked(e):.3f}) in pid {e[5]}, its result was journaled "
                     f"at {recorded:.3f}" + self.frozen_note(e[5], e[6])
                 )
-                if checked(e) > recorded:
+                if checked(e) > recorded or not self.frozen_between(e[5], checked(e), e[6]):
                     after_journaled.add(e[0])
                     problems["reexecuted_after_journaled"].append(what)
                 else:
@@ -1061,6 +1062,20 @@ class Chaos:
             ],
             "files": str(self.tmp),
         }
+
+    def frozen_between(self, pid: int, checked: float, began: float) -> bool:
+        """Whether ``pid`` was frozen after ``checked`` and let go before ``began``.
+
+        Only that excuses a step begun after its lease check went stale: any
+        other gap there (an await, a queue) is the engine's to close.
+        """
+        slack = 0.1  # the pause is logged as sent; the signals land a moment later
+        return any(
+            p["pid"] == pid
+            and checked <= p["at"] + slack
+            and p["at"] + p["seconds"] <= began + slack
+            for p in self.pauses
+        )
 
     def frozen_note(self, pid: int, at: float) -> str:
         """Says so when ``pid`` had been frozen (SIGSTOP) shortly before ``at``."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -152,6 +154,64 @@ async def test_step_timeout_counts_as_a_failed_attempt(
 
     async with app.worker():
         assert await (await app.start(flow)).result(timeout=20) == "StepTimeout x2"
+
+
+async def test_a_steps_own_timeout_error_is_its_error_not_a_step_timeout(
+    make_app: Callable[..., durably.App],
+) -> None:
+    # A socket timing out inside a step raises TimeoutError (asyncio's, too,
+    # since 3.11): that is the step's error, with or without a step timeout.
+    app = make_app()
+    policy = durably.Retry(max_attempts=1)
+
+    @app.step(retry=policy)
+    async def no_limit() -> None:
+        raise TimeoutError("the upstream took too long")
+
+    @app.step(timeout=5.0, retry=policy)
+    async def with_limit() -> None:
+        raise TimeoutError("the upstream took too long")
+
+    @app.workflow()
+    async def flow(ctx: durably.Context) -> list[str]:
+        seen = []
+        for step in (no_limit, with_limit):
+            try:
+                await step()
+            except durably.StepFailed as exc:
+                seen.append(f"{exc.error_type}: {exc.message}")
+        return seen
+
+    async with app.worker():
+        assert (
+            await (await app.start(flow)).result(timeout=20)
+            == ["TimeoutError: the upstream took too long"] * 2
+        )
+
+
+async def test_a_step_timeout_covers_a_def_step_and_the_coroutine_it_returns(
+    make_app: Callable[..., durably.App],
+) -> None:
+    app = make_app()
+
+    async def slow_call() -> None:
+        await asyncio.sleep(0.3)
+
+    @app.step(timeout=0.4, retry=durably.Retry(max_attempts=1))
+    def wraps_a_call() -> Any:
+        time.sleep(0.3)  # with its coroutine: 0.6 s, past the 0.4 s limit
+        return slow_call()
+
+    @app.workflow()
+    async def flow(ctx: durably.Context) -> str:
+        try:
+            await wraps_a_call()
+        except durably.StepFailed as exc:
+            return exc.error_type
+        return "in time"
+
+    async with app.worker():
+        assert await (await app.start(flow)).result(timeout=20) == "StepTimeout"
 
 
 async def test_step_key_from_context_inside_inline_steps(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import json
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +16,8 @@ import pytest
 
 import durably
 from conftest import eventually
+from durably._engine.journal import Entry
+from durably._storage.base import RunWrite
 
 
 def peak_counting_step(app: durably.App, seconds: float) -> tuple[Any, dict[str, int]]:
@@ -329,6 +334,96 @@ async def test_a_renewal_that_outlasted_its_lease_is_confirmed_again_before_a_st
         await eventually(lambda: taken and handle.id not in worker.drivers)
         await asyncio.sleep(0.2)
     assert ran == []  # dropped as taken over, without running its step
+
+
+def _lapse(database_url: str, run_id: str) -> None:
+    """End ``run_id``'s lease now, as if its holder had stopped renewing it."""
+    if database_url.startswith("sqlite"):
+        conn = sqlite3.connect(database_url[len("sqlite:///") :])
+        with conn:
+            conn.execute("UPDATE durably_runs SET lease_until = 0 WHERE id = ?", (run_id,))
+        conn.close()
+        return
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE durably.runs SET lease_until = 0 WHERE id = %s", (run_id,))
+
+
+async def test_a_reclaim_after_another_workers_claim_replays_instead_of_adopting(
+    make_app: Callable[..., durably.App], database_url: str
+) -> None:
+    # Worker A stands still past its lease; worker B claims the run, journals
+    # the step A was about to retry, and dies; A's next claim takes the run
+    # again. A's driver still holds the run as it was before B: it must not
+    # carry on from there (it would run the step B journaled once more), the
+    # run is replayed from its journal instead. (Found in review.)
+    app = make_app(lease_seconds=30.0)
+    storage: Any = app.storage
+    real_claim = storage.claim
+    calls: list[int] = []
+
+    @app.step(retry=durably.Retry(max_attempts=3, initial=1.0))
+    async def flaky() -> str:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise ConnectionError("the first attempt fails")
+        return "A"
+
+    @app.workflow()
+    async def wf(ctx: durably.Context) -> str:
+        return str(await flaky())
+
+    async with app.worker() as worker:
+        handle = await app.start(wf)
+        await eventually(lambda: handle.id in worker.drivers and worker.drivers[handle.id]._retries)
+        stale = worker.drivers[handle.id]
+        storage.claim = lambda *args: []  # A claims nothing while B holds the run
+        names = sorted(worker.workflows)
+        versions = [f"{n}@{worker.workflows[n].version}" for n in names]
+        _lapse(database_url, handle.id)
+        (b,) = real_claim("B", names, 1, time.time(), 30.0, versions)
+        journal = storage.load_journal(handle.id)
+        position = max(e.position for e in journal if e.kind == "attempt")
+        seq = max(e.seq for e in journal) + 1
+        entry = Entry(position, "step", "flaky", json.dumps("B"), None, time.time(), seq, b.epoch)
+        assert storage.commit("B", [RunWrite(handle.id, b.epoch, [entry])], time.time()) == set()
+        _lapse(database_url, handle.id)  # B dies
+        storage.claim = real_claim
+        worker.wake()
+        assert await handle.result(timeout=10) == "B"  # B's journaled result, replayed
+        assert stale.task is not None and stale.task.done()
+    assert calls == [0]  # A's retry never ran: B had journaled the step
+
+
+async def test_a_run_started_from_a_step_does_not_inherit_the_steps_context(
+    make_app: Callable[..., durably.App],
+) -> None:
+    # Started beside a worker, a run is driven in this process; started from
+    # a step, its driver must not carry that step's context (its step key, a
+    # value the step set): on any other worker it would not have it.
+    app = make_app()
+    tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="none")
+
+    @app.step()
+    async def read() -> list[str]:
+        return [tenant.get(), durably.current_step_key()]
+
+    @app.workflow()
+    async def inner(ctx: durably.Context) -> list[str]:
+        return list(await read())
+
+    @app.step()
+    async def launch() -> str:
+        tenant.set("acme")
+        return (await app.start(inner, id="launched")).id
+
+    @app.workflow()
+    async def outer(ctx: durably.Context) -> str:
+        return str(await launch())
+
+    async with app.worker():
+        launched = await (await app.start(outer)).result(timeout=20)
+        got = await app.get_handle(launched).result(timeout=20)
+    assert got == ["none", "launched:0"]
 
 
 def commit_threads(app: durably.App) -> list[tuple[str, int]]:

@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("durably.worker")
 
 DEADLINE_REASON = "its deadline passed"
+# Renewals a driver makes to confirm a stale lease before a step; if each
+# takes most of a lease, the worker cannot hold the run and drops it.
+CONFIRM_TRIES = 3
 
 
 class WorkflowSpec(Protocol):
@@ -174,7 +177,7 @@ class RunDriver:
         """Our own worker re-claimed this run: write under the new claim."""
         if epoch > self.epoch:
             self.epoch = epoch
-            self.claimed_at = claimed_at
+            self.claimed_at = max(self.claimed_at, claimed_at)
 
     async def run(self) -> None:
         failed = False
@@ -555,16 +558,11 @@ class RunDriver:
 
     async def _still_ours(self) -> bool:
         """Before an effect: if our lease may have lapsed, renew it or give up."""
-        while not self._lease_fresh():
-            now = self._clock()
+        for _ in range(CONFIRM_TRIES):
+            if self._lease_fresh():
+                return True
             try:
-                renewed = await self.worker.io(
-                    self.worker.storage.renew,
-                    self.worker.id,
-                    [self.run_id],
-                    now,
-                    self.worker.lease_seconds,
-                )
+                now, renewed = await self.worker.io(self._renew)
             except Exception as exc:  # noqa: BLE001 - cannot confirm: do not risk it
                 self.worker.outage.failed(f"confirming the lease of run {self.run_id}", exc)
                 return False
@@ -573,7 +571,13 @@ class RunDriver:
             self.claimed_at = max(self.claimed_at, now)
             # Checked again: the process may have stood still after the renewal
             # landed for longer than the lease it bought.
-        return True
+        return False  # renewals slower than a lease: this worker cannot hold it
+
+    def _renew(self) -> tuple[float, list[str]]:
+        now = self._clock()  # in the io thread: a wait for a free thread buys no lease
+        return now, self.worker.storage.renew(
+            self.worker.id, [self.run_id], now, self.worker.lease_seconds
+        )
 
     def _lease_fresh(self) -> bool:
         # A clock comparison: safe from a step thread, whose context it marks.

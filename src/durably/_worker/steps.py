@@ -7,6 +7,7 @@ import contextvars
 import functools
 import inspect
 import json
+import sys
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
@@ -70,33 +71,59 @@ async def run_attempt(
     """Run ``call.fn`` once (with its timeout) and return its raw result.
 
     ``guard`` (a sync step only) is checked in the step's thread just before
-    it runs; if False, :class:`LeaseStale` is raised and nothing ran.
+    it runs, and again before a coroutine it returned is awaited; if False,
+    :class:`LeaseStale` is raised and nothing (more) ran.
     """
     current_step_key.set(key)
+    if call.timeout is None:
+        return await _call(call, executor, loop, guard)
+    if sys.version_info >= (3, 11):
+        # In this task: the step's first line runs right after the lease
+        # check, where wait_for would start it in a task of its own, a loop
+        # iteration later.
+        limit = asyncio.timeout(call.timeout)
+        try:
+            async with limit:
+                return await _call(call, executor, loop, guard)
+        except TimeoutError:
+            if not limit.expired():
+                raise  # the step's own TimeoutError (a socket's, say): its error
+            raise _timed_out(call) from None
+    try:
+        return await asyncio.wait_for(_call(call, executor, loop, guard), call.timeout)
+    except asyncio.TimeoutError:
+        raise _timed_out(call) from None
+
+
+async def _call(
+    call: StepCall,
+    executor: Executor,
+    loop: asyncio.AbstractEventLoop,
+    guard: Callable[[], bool] | None,
+) -> Any:
     fn, args, kwargs = call.fn, call.args, call.kwargs
     if is_async_callable(fn):
-        awaitable = fn(*args, **kwargs)
+        result = await fn(*args, **kwargs)
     else:
         ctx = contextvars.copy_context()
         if guard is not None:
             bound = functools.partial(ctx.run, _guarded, guard, fn, *args, **kwargs)
         else:
             bound = functools.partial(ctx.run, fn, *args, **kwargs)
-        awaitable = loop.run_in_executor(executor, bound)
-    try:
-        if call.timeout is not None:
-            result = await asyncio.wait_for(awaitable, call.timeout)
-        else:
-            result = await awaitable
-        if inspect.isawaitable(result):  # a def wrapping an async call: finish it here
-            result = await (
-                asyncio.wait_for(result, call.timeout) if call.timeout is not None else result
-            )
-    except asyncio.TimeoutError:
-        raise StepTimeout(
-            f"step {call.name!r} attempt {call.attempt} ran past its {call.timeout}s timeout"
-        ) from None
+        result = await loop.run_in_executor(executor, bound)
+        if inspect.isawaitable(result) and guard is not None and not guard():
+            if inspect.iscoroutine(result):
+                result.close()
+            raise LeaseStale()  # the thread hop took past the lease
+    if inspect.isawaitable(result):  # a def wrapping an async call: finish it here
+        result = await result
     return result
+
+
+def _timed_out(call: StepCall) -> StepTimeout:
+    return StepTimeout(
+        f"step {call.name!r} attempt {call.attempt} ran past its {call.timeout}s timeout"
+    )
 
 
 def success_entry(call: StepCall, result: Any, now: float, limit: int) -> Entry:

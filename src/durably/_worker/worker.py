@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import math
@@ -438,15 +439,33 @@ class Worker:
         running = self.drivers.get(record.id)
         if running is not None:
             # We re-claimed a run we still drive (its lease lapsed while our
-            # renewals failed): keep driving it under the new claim.
-            running.adopt(record.epoch, claimed_at if claimed_at is not None else self.clock())
+            # renewals failed or we stood still).
+            began = claimed_at if claimed_at is not None else self.clock()
+            if record.epoch == running.epoch + 1:
+                # Nobody held it in between (each claim adds one to the
+                # epoch): the journal is what the driver holds in memory.
+                running.adopt(record.epoch, began)
+            else:
+                # Another worker held it meanwhile and may have journaled
+                # more than this driver knows: drop the driver, replay the run.
+                running.lost()
+                assert running.task is not None
+                running.task.add_done_callback(lambda _: self._respawn(record, began))
             return
         self.claimed_total += 1
         driver = RunDriver(self, record, spec, fresh=fresh)
         driver.claimed_at = claimed_at if claimed_at is not None else self.clock()
         self.drivers[record.id] = driver
         self._holding.set()
-        driver.task = self.loop.create_task(driver.run(), name=f"durably-run-{record.id}")
+        # In a context of its own: a run started from inside a step must not
+        # inherit that step's context (its step key, its lease confirmation).
+        driver.task = contextvars.Context().run(
+            self.loop.create_task, driver.run(), name=f"durably-run-{record.id}"
+        )
+
+    def _respawn(self, record: RunRecord, claimed_at: float) -> None:
+        if not self._stopping:  # else its lease lapses and anyone takes it over
+            self._spawn(record, claimed_at)
 
     async def _watch_loop(self) -> None:
         """Hand new signals, ended children and cancellations to runs in memory."""
