@@ -209,6 +209,19 @@ def test_claim_respects_limit_oldest_first(storage: Storage) -> None:
     assert sorted(r.id for r in rest) == ["r0", "r1", "r2"]
 
 
+def test_a_claim_takes_the_oldest_across_the_workflows_it_serves(storage: Storage) -> None:
+    # Each workflow's runs are walked on their own (their index leads with
+    # the workflow); the claim still takes the oldest overall, not the oldest
+    # of each: interleaved ages, two workflows served, one not.
+    for i, wf in enumerate(["a", "b", "x", "a", "b", "x", "a", "b"]):
+        storage.create_run(new_run(f"{wf}{i}", wf, created_at=T0 + i))
+    first = storage.claim("w", ["a", "b"], 3, T0 + 10, LEASE)
+    assert sorted(r.id for r in first) == ["a0", "a3", "b1"]
+    rest = storage.claim("w", ["b", "a"], 10, T0 + 10, LEASE)
+    assert sorted(r.id for r in rest) == ["a6", "b4", "b7"]
+    assert sorted(r.id for r in storage.claim("w", ["x"], 10, T0 + 10, LEASE)) == ["x2", "x5"]
+
+
 def test_valid_lease_blocks_other_workers_until_it_lapses(storage: Storage, other: Storage) -> None:
     storage.create_run(new_run("r"))
     mine = claim_one(storage, "w1", T0)

@@ -81,24 +81,40 @@ SELECT position, kind, name, payload, loc, at, seq, epoch
 FROM durably.journal WHERE run_id = %s ORDER BY seq
 """
 
+_SERVED = "(NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))"
+
+
+def _each_workflow(where: str, key: str, limit: str, lock: str = "") -> str:
+    """Rows of ``where`` for each served workflow, walked in ``key`` order
+    through that workflow's part of an index on (workflow, ``key``) and
+    stopped after ``limit``: runs of workflows this worker does not serve
+    (another app, a workflow whose workers are down) are never read.
+
+    The array is unnested through a sub-select so that no plan sees how many
+    workflows it holds: a custom plan that knew (one) always looked cheaper
+    than the generic plan (ten, by default), so the claim was planned again
+    at each execution (0.74 ms; 0.15 ms with the generic plan)."""
+    return f"""unnest((SELECT %(wfs)s::text[])) AS w(name) CROSS JOIN LATERAL (
+        SELECT id, {key} AS k FROM durably.runs
+        WHERE {where} AND workflow = w.name AND {_SERVED}
+        ORDER BY {key} LIMIT {limit} {lock}) c"""
+
+
+def _claim_part(where: str, key: str) -> str:
+    rows = _each_workflow(where, key, "%(n)s", "FOR UPDATE SKIP LOCKED")
+    return f"SELECT c.id FROM {rows}\n    ORDER BY c.k LIMIT %(n)s"
+
+
+_DUE = "status = 'suspended' AND wake_at <= %(now)s AND (owner IS NULL OR lease_until < %(now)s)"
+_LAPSED = "(status || '') IN ('running', 'suspended') AND lease_until < %(now)s"
+
 CLAIM = f"""
 WITH fresh AS (
-    SELECT id FROM durably.runs
-    WHERE status = 'pending' AND workflow = ANY(%(wfs)s)
-       AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))
-    ORDER BY created_at LIMIT %(n)s FOR UPDATE SKIP LOCKED
+    {_claim_part("status = 'pending'", "created_at")}
 ), due AS (
-    SELECT id FROM durably.runs
-    WHERE status = 'suspended' AND wake_at <= %(now)s AND workflow = ANY(%(wfs)s)
-       AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))
-      AND (owner IS NULL OR lease_until < %(now)s)
-    ORDER BY wake_at LIMIT %(n)s FOR UPDATE SKIP LOCKED
+    {_claim_part(_DUE, "wake_at")}
 ), lapsed AS (
-    SELECT id FROM durably.runs
-    WHERE (status || '') IN ('running', 'suspended') AND lease_until < %(now)s
-       AND workflow = ANY(%(wfs)s)
-       AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))
-    ORDER BY lease_until LIMIT %(n)s FOR UPDATE SKIP LOCKED
+    {_claim_part(_LAPSED, "lease_until")}
 ), chosen AS (
     SELECT id FROM (
         SELECT id FROM fresh UNION ALL SELECT id FROM due UNION ALL SELECT id FROM lapsed
@@ -157,14 +173,11 @@ SELECT pg_notify('durably_work', workflow)
 FROM (SELECT DISTINCT workflow FROM released WHERE status = 'running') w
 """
 
-NEXT_DUE = """
+_TIMED = "status = 'suspended' AND wake_at IS NOT NULL"
+NEXT_DUE = f"""
 SELECT LEAST(
-    (SELECT MIN(wake_at) FROM durably.runs
-     WHERE status = 'suspended' AND workflow = ANY(%(wfs)s)
-       AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))),
-    (SELECT MIN(lease_until) FROM durably.runs
-     WHERE lease_until IS NOT NULL AND workflow = ANY(%(wfs)s)
-       AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))))
+    (SELECT MIN(c.k) FROM {_each_workflow(_TIMED, "wake_at", "1")}),
+    (SELECT MIN(c.k) FROM {_each_workflow("lease_until IS NOT NULL", "lease_until", "1")}))
 """
 
 GET_STATUS_FOR_UPDATE = "SELECT status FROM durably.runs WHERE id = %s FOR UPDATE"

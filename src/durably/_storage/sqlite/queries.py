@@ -49,12 +49,31 @@ def workflow_params(workflows: list[str], versions: list[str] = []) -> dict[str,
     return params
 
 
-def _runnable(n_workflows: int, n_versions: int) -> str:
-    """Runs of these workflows, leaving out runs pinned to a version we lack."""
-    names = ", ".join(f":wf{i}" for i in range(n_workflows))
+def _served(n_versions: int) -> str:
+    """Leaves out runs pinned to a version this worker lacks."""
     versions = ", ".join(f":wv{i}" for i in range(n_versions))
     pinned = f"workflow || '@' || version IN ({versions})" if n_versions else "0"
-    return f"workflow IN ({names}) AND (pinned = 0 OR {pinned})"
+    return f"(pinned = 0 OR {pinned})"
+
+
+def _each_workflow(
+    n_workflows: int, n_versions: int, index: str, where: str, key: str, limit: str
+) -> str:
+    """Rows (id, k) of ``where`` for each served workflow, walked in ``key``
+    order through that workflow's part of ``index`` (workflow, ``key``) and
+    stopped after ``limit`` each: runs of workflows this worker does not
+    serve (another app, a workflow whose workers are down) are never read."""
+    walks = [
+        f"SELECT * FROM (SELECT id, {key} AS k FROM durably_runs INDEXED BY {index} "
+        f"WHERE {where} AND workflow = :wf{i} AND {_served(n_versions)} "
+        f"ORDER BY {key} LIMIT {limit})"
+        for i in range(n_workflows)
+    ]
+    if len(walks) == 1:
+        return walks[0]
+    # A compound SELECT holds at most 500 terms (SQLITE_MAX_COMPOUND_SELECT).
+    groups = [" UNION ALL ".join(walks[i : i + 250]) for i in range(0, len(walks), 250)]
+    return " UNION ALL ".join(f"SELECT * FROM ({group})" for group in groups)
 
 
 def claim(n_workflows: int, n_versions: int = 0) -> str:
@@ -73,29 +92,27 @@ def any_claimable(n_workflows: int, n_versions: int = 0) -> str:
 
 
 def _claimable(n_workflows: int, n_versions: int) -> str:
-    wf = _runnable(n_workflows, n_versions)
-    # Each part walks the index kept in the order it takes runs, and stops
-    # after :n. Left to itself the planner prefers durably_runs_by_status
-    # (equality on status) and sorts every suspended or held run on each
-    # claim: 15 ms with 20,000 asleep, growing with them.
-    return f"""
-    SELECT id FROM (
-        SELECT id FROM durably_runs INDEXED BY durably_runs_pending
-        WHERE status = 'pending' AND {wf}
-        ORDER BY created_at LIMIT :n)
-    UNION ALL
-    SELECT id FROM (
-        SELECT id FROM durably_runs INDEXED BY durably_runs_due
-        WHERE status = 'suspended' AND wake_at <= :now AND {wf}
-          AND (owner IS NULL OR lease_until < :now)
-        ORDER BY wake_at LIMIT :n)
-    UNION ALL
-    SELECT id FROM (
-        SELECT id FROM durably_runs INDEXED BY durably_runs_leases
-        WHERE status IN ('running', 'suspended') AND lease_until < :now
-          AND lease_until IS NOT NULL AND {wf}
-        ORDER BY lease_until LIMIT :n)
-    LIMIT :n"""
+    # Each part names the index it walks: left to itself the planner prefers
+    # durably_runs_by_status (equality on status) and sorts every suspended
+    # or held run on each claim: 15 ms with 20,000 asleep, growing with them.
+    def part(index: str, where: str, key: str) -> str:
+        rows = _each_workflow(n_workflows, n_versions, index, where, key, ":n")
+        if n_workflows == 1:
+            return f"SELECT id FROM ({rows})"  # in order already
+        return f"SELECT id FROM (SELECT id, k FROM ({rows}) ORDER BY k LIMIT :n)"
+
+    fresh = part("durably_runs_pending", "status = 'pending'", "created_at")
+    due = part(
+        "durably_runs_due",
+        "status = 'suspended' AND wake_at <= :now AND (owner IS NULL OR lease_until < :now)",
+        "wake_at",
+    )
+    lapsed = part(
+        "durably_runs_leases",
+        "status IN ('running', 'suspended') AND lease_until < :now AND lease_until IS NOT NULL",
+        "lease_until",
+    )
+    return f"{fresh} UNION ALL {due} UNION ALL {lapsed} LIMIT :n"
 
 
 def owned(n_ids: int) -> str:
@@ -153,19 +170,24 @@ def release(n_ids: int) -> str:
 
 
 def next_due(n_workflows: int, n_versions: int = 0) -> str:
-    wf = _runnable(n_workflows, n_versions)
-    return f"""
-SELECT MIN(t) FROM (
-    SELECT * FROM (
-        SELECT wake_at AS t FROM durably_runs INDEXED BY durably_runs_due
-        WHERE status = 'suspended' AND wake_at IS NOT NULL AND {wf}
-        ORDER BY wake_at LIMIT 1)  -- NULLs sort first: a run waiting without a timer
-    UNION ALL
-    SELECT * FROM (
-        SELECT lease_until AS t FROM durably_runs INDEXED BY durably_runs_leases
-        WHERE lease_until IS NOT NULL AND {wf} ORDER BY lease_until LIMIT 1)
-)
-"""
+    timers = _each_workflow(
+        n_workflows,
+        n_versions,
+        "durably_runs_due",
+        # NULLs sort first: a run waiting without a timer
+        "status = 'suspended' AND wake_at IS NOT NULL",
+        "wake_at",
+        "1",
+    )
+    leases = _each_workflow(
+        n_workflows,
+        n_versions,
+        "durably_runs_leases",
+        "lease_until IS NOT NULL",
+        "lease_until",
+        "1",
+    )
+    return f"SELECT MIN(k) FROM ({timers} UNION ALL {leases})"
 
 
 SET_STATUS = """
