@@ -99,7 +99,10 @@ def _plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _plan_nodes(child)
 
 
-def test_a_postgres_claim_walks_its_indexes_in_order(store: PostgresStorage) -> None:
+@pytest.mark.parametrize("plans", ["auto", "force_generic_plan"])
+def test_a_postgres_claim_walks_its_indexes_in_order(store: PostgresStorage, plans: str) -> None:
+    # "force_generic_plan": the plan a prepared claim runs with once psycopg
+    # has prepared it and PostgreSQL chose its generic plan.
     _backlog(store, 1500)
     now = time.time()
     with store._conn() as conn:
@@ -107,9 +110,11 @@ def test_a_postgres_claim_walks_its_indexes_in_order(store: PostgresStorage) -> 
             "UPDATE durably.runs SET status = 'suspended', wake_at = created_at"
             " WHERE id IN (SELECT id FROM durably.runs ORDER BY created_at LIMIT 1500)"
         )
+        conn.execute("SELECT set_config('plan_cache_mode', %s, false)", (plans,))
         params = {"me": "w1", "lease": now + 30, "now": now, "n": 100}
         params.update(wfs=["wf", "other"], wvs=[])
         row = conn.execute("EXPLAIN (FORMAT JSON) " + pg_queries.CLAIM, params).fetchone()
+        conn.execute("RESET plan_cache_mode")
     assert row is not None
     plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
     parts = {p.get("Subplan Name"): p for p in _plan_nodes(plan[0]["Plan"])}
@@ -145,7 +150,8 @@ def test_a_sqlite_claim_walks_its_indexes_in_order(tmp_path: Path) -> None:
         )
         raw.commit()
         params = {"me": "w1", "lease": 1.0, "now": time.time(), "n": 100, "wf0": "wf"}
-        steps = [r[3] for r in raw.execute("EXPLAIN QUERY PLAN " + sqlite_queries.claim(1), params)]
+        sql = "EXPLAIN QUERY PLAN " + sqlite_queries.claim_candidates(1)
+        steps = [r[3] for r in raw.execute(sql, params)]
         raw.close()
         assert not [s for s in steps if "TEMP B-TREE" in s or s == "SCAN durably_runs"], steps
         for index in ("durably_runs_pending", "durably_runs_due", "durably_runs_leases"):
@@ -188,6 +194,34 @@ def test_a_postgres_claim_reads_no_runs_of_workflows_it_does_not_serve(
     assert len(store.claim("w1", ["wf"], 100, now, 30.0)) == 5
 
 
+def test_a_postgres_claim_locks_only_the_runs_it_takes(store: PostgresStorage) -> None:
+    # Three workflows with a backlog each: a claim of 30 must lock 30 runs,
+    # not 30 of each, or a claim running alongside finds nothing to take.
+    # (Claimer A's transaction is held open to stand for that overlap.)
+    for wf in ("a", "b", "c"):
+        store.create_runs(
+            [
+                NewRun(id=f"{wf}{i}", workflow=wf, version="v1", args="[]", created_at=T0 + i)
+                for i in range(30)
+            ]
+        )
+    now = time.time()
+    params = {"me": "A", "lease": now + 30, "now": now, "n": 30, "wfs": ["a", "b", "c"], "wvs": []}
+    import psycopg
+
+    with psycopg.connect(store.conninfo) as a:
+        a.execute(pg_queries.SESSION)
+        assert len(a.execute(pg_queries.CLAIM, params).fetchall()) == 30
+        with store._conn() as conn:
+            free = conn.execute(
+                "SELECT count(*) FROM (SELECT id FROM durably.runs FOR UPDATE SKIP LOCKED) f"
+            ).fetchone()
+            conn.rollback()
+        assert free is not None and free[0] == 60
+        assert len(store.claim("B", ["a", "b", "c"], 30, now, 30.0)) == 30
+        a.rollback()
+
+
 def _vm_steps(path: Path, sql: str, params: dict[str, Any]) -> int:
     """SQLite virtual-machine instructions (in hundreds) ``sql`` takes."""
     raw = sqlite3.connect(path)
@@ -214,9 +248,9 @@ def test_a_sqlite_claim_reads_no_runs_of_workflows_it_does_not_serve(tmp_path: P
         store.create_runs(_runs(0, 5))
         now = time.time()
         params = {"me": "w1", "lease": now + 30, "now": now, "n": 100, "wf0": "wf"}
-        alone = _vm_steps(path, sqlite_queries.claim(1), params)
+        alone = _vm_steps(path, sqlite_queries.claim_candidates(1), params)
         _others(store, 3000)
-        among_others = _vm_steps(path, sqlite_queries.claim(1), params)
+        among_others = _vm_steps(path, sqlite_queries.claim_candidates(1), params)
         assert among_others <= alone + 2, (alone, among_others)
         assert len(store.claim("w1", ["wf"], 100, now, 30.0)) == 5
     finally:

@@ -222,6 +222,14 @@ def test_a_claim_takes_the_oldest_across_the_workflows_it_serves(storage: Storag
     assert sorted(r.id for r in storage.claim("w", ["x"], 10, T0 + 10, LEASE)) == ["x2", "x5"]
 
 
+def test_a_workflow_named_twice_is_claimed_once(storage: Storage) -> None:
+    for i in range(6):
+        storage.create_run(new_run(f"c{i}", "c", created_at=T0 + i))
+    first = storage.claim("w", ["c", "c"], 4, T0 + 10, LEASE)
+    assert sorted(r.id for r in first) == ["c0", "c1", "c2", "c3"]
+    assert storage.next_due(["c", "c"], T0 + 10) == pytest.approx(T0 + 10 + LEASE)
+
+
 def test_valid_lease_blocks_other_workers_until_it_lapses(storage: Storage, other: Storage) -> None:
     storage.create_run(new_run("r"))
     mine = claim_one(storage, "w1", T0)

@@ -52,6 +52,7 @@ from ..common import (
     migrations,
     partition,
     run_row,
+    served,
     split_statements,
     sql_missed,
     wake_missed,
@@ -307,7 +308,7 @@ class PostgresStorage(Storage):
             "lease": now + lease_seconds,
             "now": now,
             "n": limit,
-            "wfs": list(workflows),
+            "wfs": served(workflows),
             "wvs": list(versions),
         }
         with self._conn() as conn:
@@ -467,7 +468,7 @@ class PostgresStorage(Storage):
         if not workflows:
             return None
         with self._conn() as conn:
-            params = {"wfs": list(workflows), "wvs": list(versions)}
+            params = {"wfs": served(workflows), "wvs": list(versions)}
             row = conn.execute(q.NEXT_DUE, params).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 

@@ -49,23 +49,26 @@ def workflow_params(workflows: list[str], versions: list[str] = []) -> dict[str,
     return params
 
 
-def _served(n_versions: int) -> str:
-    """Leaves out runs pinned to a version this worker lacks."""
-    versions = ", ".join(f":wv{i}" for i in range(n_versions))
-    pinned = f"workflow || '@' || version IN ({versions})" if n_versions else "0"
-    return f"(pinned = 0 OR {pinned})"
+def _with_versions(n_versions: int) -> str:
+    """The served versions, named once per statement (each walk tests them)."""
+    if not n_versions:
+        return "WITH served_versions(v) AS (SELECT NULL WHERE 0)\n"
+    rows = ", ".join(f"(:wv{i})" for i in range(n_versions))
+    return f"WITH served_versions(v) AS (VALUES {rows})\n"
 
 
-def _each_workflow(
-    n_workflows: int, n_versions: int, index: str, where: str, key: str, limit: str
-) -> str:
+# Leaves out runs pinned to a version this worker lacks.
+_SERVED = "(pinned = 0 OR workflow || '@' || version IN (SELECT v FROM served_versions))"
+
+
+def _each_workflow(n_workflows: int, index: str, where: str, key: str, limit: str) -> str:
     """Rows (id, k) of ``where`` for each served workflow, walked in ``key``
     order through that workflow's part of ``index`` (workflow, ``key``) and
     stopped after ``limit`` each: runs of workflows this worker does not
     serve (another app, a workflow whose workers are down) are never read."""
     walks = [
         f"SELECT * FROM (SELECT id, {key} AS k FROM durably_runs INDEXED BY {index} "
-        f"WHERE {where} AND workflow = :wf{i} AND {_served(n_versions)} "
+        f"WHERE {where} AND workflow = :wf{i} AND {_SERVED} "
         f"ORDER BY {key} LIMIT {limit})"
         for i in range(n_workflows)
     ]
@@ -76,43 +79,58 @@ def _each_workflow(
     return " UNION ALL ".join(f"SELECT * FROM ({group})" for group in groups)
 
 
-def claim(n_workflows: int, n_versions: int = 0) -> str:
+def claim_candidates(n_workflows: int, n_versions: int = 0) -> str:
+    """Rows (part, id, k) a claim chooses from: part 0 new runs by age, 1 runs
+    whose timer is due, 2 held runs whose lease lapsed; up to :n of each
+    served workflow in each part, walked in order through an index that
+    leads with the workflow (runs of workflows not served are never read).
+    The caller takes the first :n by (part, k), inside the write lock: merged
+    in SQL, the ordered merges cost 0.1 ms a part for five workflows."""
+    parts = [
+        _each_workflow(n_workflows, "durably_runs_pending", _FRESH, "created_at", ":n"),
+        _each_workflow(n_workflows, "durably_runs_due", _DUE, "wake_at", ":n"),
+        _each_workflow(n_workflows, "durably_runs_leases", _LAPSED, "lease_until", ":n"),
+    ]
+    rows = " UNION ALL ".join(f"SELECT {i} AS part, id, k FROM ({p})" for i, p in enumerate(parts))
+    return f"{_with_versions(n_versions)}{rows}"
+
+
+def claim_ids(n_ids: int) -> str:
+    """Claim the runs named :id0 .. (chosen by :func:`claim_candidates`)."""
+    ids = ", ".join(f":id{i}" for i in range(n_ids))
     return f"""
 UPDATE durably_runs
 SET owner = :me, epoch = epoch + 1, lease_until = :lease, status = 'running',
     wake_at = NULL, started_at = COALESCE(started_at, :now), updated_at = :now
-WHERE id IN ({_claimable(n_workflows, n_versions)})
+WHERE id IN ({ids})
 RETURNING {RUN_COLUMNS}
 """
 
 
 def any_claimable(n_workflows: int, n_versions: int = 0) -> str:
-    """Whether :func:`claim` would take anything: a read, so no write lock."""
-    return f"SELECT EXISTS ({_claimable(n_workflows, n_versions)})"
+    """Whether :func:`claim` would take anything: a read, so no write lock.
 
+    No order is needed to know that, so each index is probed once per served
+    workflow and the probe stops at the first run found: most wake-ups find
+    nothing, and the claim's ordered walks cost 0.1 ms per workflow.
+    """
+    names = ", ".join(f":wf{i}" for i in range(n_workflows))
 
-def _claimable(n_workflows: int, n_versions: int) -> str:
-    # Each part names the index it walks: left to itself the planner prefers
-    # durably_runs_by_status (equality on status) and sorts every suspended
-    # or held run on each claim: 15 ms with 20,000 asleep, growing with them.
-    def part(index: str, where: str, key: str) -> str:
-        rows = _each_workflow(n_workflows, n_versions, index, where, key, ":n")
-        if n_workflows == 1:
-            return f"SELECT id FROM ({rows})"  # in order already
-        return f"SELECT id FROM (SELECT id, k FROM ({rows}) ORDER BY k LIMIT :n)"
+    def found(index: str, where: str) -> str:
+        return (
+            f"EXISTS (SELECT 1 FROM durably_runs INDEXED BY {index} "
+            f"WHERE {where} AND workflow IN ({names}) AND {_SERVED})"
+        )
 
-    fresh = part("durably_runs_pending", "status = 'pending'", "created_at")
-    due = part(
-        "durably_runs_due",
-        "status = 'suspended' AND wake_at <= :now AND (owner IS NULL OR lease_until < :now)",
-        "wake_at",
+    return (
+        f"{_with_versions(n_versions)}SELECT {found('durably_runs_pending', _FRESH)}"
+        f" OR {found('durably_runs_due', _DUE)} OR {found('durably_runs_leases', _LAPSED)}"
     )
-    lapsed = part(
-        "durably_runs_leases",
-        "status IN ('running', 'suspended') AND lease_until < :now AND lease_until IS NOT NULL",
-        "lease_until",
-    )
-    return f"{fresh} UNION ALL {due} UNION ALL {lapsed} LIMIT :n"
+
+
+_FRESH = "status = 'pending'"
+_DUE = "status = 'suspended' AND wake_at <= :now AND (owner IS NULL OR lease_until < :now)"
+_LAPSED = "status IN ('running', 'suspended') AND lease_until < :now AND lease_until IS NOT NULL"
 
 
 def owned(n_ids: int) -> str:
@@ -170,24 +188,12 @@ def release(n_ids: int) -> str:
 
 
 def next_due(n_workflows: int, n_versions: int = 0) -> str:
-    timers = _each_workflow(
-        n_workflows,
-        n_versions,
-        "durably_runs_due",
-        # NULLs sort first: a run waiting without a timer
-        "status = 'suspended' AND wake_at IS NOT NULL",
-        "wake_at",
-        "1",
-    )
-    leases = _each_workflow(
-        n_workflows,
-        n_versions,
-        "durably_runs_leases",
-        "lease_until IS NOT NULL",
-        "lease_until",
-        "1",
-    )
-    return f"SELECT MIN(k) FROM ({timers} UNION ALL {leases})"
+    # NULLs sort first: a run waiting without a timer is left out.
+    timed = "status = 'suspended' AND wake_at IS NOT NULL"
+    timers = _each_workflow(n_workflows, "durably_runs_due", timed, "wake_at", "1")
+    held = "lease_until IS NOT NULL"
+    leases = _each_workflow(n_workflows, "durably_runs_leases", held, "lease_until", "1")
+    return f"{_with_versions(n_versions)}SELECT MIN(k) FROM ({timers} UNION ALL {leases})"
 
 
 SET_STATUS = """

@@ -47,6 +47,7 @@ from ..common import (
     migrations,
     partition,
     run_row,
+    served,
     split_statements,
     sql_missed,
     wake_missed,
@@ -282,9 +283,10 @@ class SQLiteStorage(Storage):
         lease_seconds: float,
         versions: Sequence[str] = (),
     ) -> list[RunRecord]:
+        workflows = served(workflows)
         if not workflows or limit <= 0:
             return []
-        sql = q.claim(len(workflows), len(versions))
+        candidates = q.claim_candidates(len(workflows), len(versions))
         params: dict[str, Any] = {
             "me": worker_id,
             "lease": now + lease_seconds,
@@ -301,7 +303,12 @@ class SQLiteStorage(Storage):
             if not conn.execute(probe, params).fetchone()[0]:
                 return []
             with self._write(conn):
-                rows = conn.execute(sql, params).fetchall()
+                found = conn.execute(candidates, params).fetchall()
+                ids = list(dict.fromkeys(r[1] for r in sorted(found, key=lambda r: (r[0], r[2]))))
+                if not ids:
+                    return []
+                named = {f"id{i}": run_id for i, run_id in enumerate(ids[:limit])}
+                rows = conn.execute(q.claim_ids(len(named)), {**params, **named}).fetchall()
             return [RunRecord(*r) for r in rows]
 
         return self._retry(tx)
@@ -403,6 +410,7 @@ class SQLiteStorage(Storage):
     def next_due(
         self, workflows: Sequence[str], now: float, versions: Sequence[str] = ()
     ) -> float | None:
+        workflows = served(workflows)
         if not workflows:
             return None
         sql = q.next_due(len(workflows), len(versions))
