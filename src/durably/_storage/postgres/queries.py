@@ -81,55 +81,24 @@ SELECT position, kind, name, payload, loc, at, seq, epoch
 FROM durably.journal WHERE run_id = %s ORDER BY seq
 """
 
-_SERVED = "(NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))"
-
-
-def _walk(where: str, key: str, name: str, limit: str, lock: str = "") -> str:
-    """Rows of ``where`` of workflow ``name``, walked in ``key`` order through
-    that workflow's part of an index on (workflow, ``key``), up to ``limit``."""
-    return f"""SELECT id, {key} AS k FROM durably.runs
-        WHERE {where} AND workflow = {name} AND {_SERVED}
-        ORDER BY {key} LIMIT {limit} {lock}"""
-
-
-# The served workflows. Unnested through a sub-select so that no plan sees
-# how many the array holds: a custom plan that knew (one) always looked
-# cheaper than the generic plan (ten, by default), and the claim was planned
-# again at each execution (0.74 ms; 0.15 ms with the generic plan).
-_SERVED_WORKFLOWS = "unnest((SELECT %(wfs)s::text[])) AS w(name)"
-
-
-def _claim_part(where: str, key: str) -> str:
-    """Up to :n claimable rows across the served workflows, oldest first.
-
-    Only runs of the workflows this worker serves are read (another app's, or
-    those of a workflow whose workers are down, never). A first walk, without
-    locks, counts how many of the oldest :n each workflow holds; a second
-    takes that many from each, locking them and skipping rows a concurrent
-    claim holds. Locking in the first walk held :n rows of every workflow
-    with a backlog to take :n in all, and a concurrent claim found none.
-    """
-    first = _walk(where, key, "w.name", "%(n)s")
-    take = _walk(where, key, "q.name", "q.quota", "FOR UPDATE SKIP LOCKED")
-    return f"""SELECT c.id FROM (
-        SELECT o.name, count(*) AS quota FROM (
-            SELECT w.name FROM {_SERVED_WORKFLOWS} CROSS JOIN LATERAL (
-                {first}) c
-            ORDER BY c.k LIMIT %(n)s) o
-        GROUP BY o.name) q
-    CROSS JOIN LATERAL ({take}) c"""
-
-
-_DUE = "status = 'suspended' AND wake_at <= %(now)s AND (owner IS NULL OR lease_until < %(now)s)"
-_LAPSED = "(status || '') IN ('running', 'suspended') AND lease_until < %(now)s"
-
 CLAIM = f"""
 WITH fresh AS (
-    {_claim_part("status = 'pending'", "created_at")}
+    SELECT id FROM durably.runs
+    WHERE status = 'pending' AND workflow = ANY(%(wfs)s)
+       AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))
+    ORDER BY created_at LIMIT %(n)s FOR UPDATE SKIP LOCKED
 ), due AS (
-    {_claim_part(_DUE, "wake_at")}
+    SELECT id FROM durably.runs
+    WHERE status = 'suspended' AND wake_at <= %(now)s AND workflow = ANY(%(wfs)s)
+       AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))
+      AND (owner IS NULL OR lease_until < %(now)s)
+    ORDER BY wake_at LIMIT %(n)s FOR UPDATE SKIP LOCKED
 ), lapsed AS (
-    {_claim_part(_LAPSED, "lease_until")}
+    SELECT id FROM durably.runs
+    WHERE (status || '') IN ('running', 'suspended') AND lease_until < %(now)s
+       AND workflow = ANY(%(wfs)s)
+       AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))
+    ORDER BY lease_until LIMIT %(n)s FOR UPDATE SKIP LOCKED
 ), chosen AS (
     SELECT id FROM (
         SELECT id FROM fresh UNION ALL SELECT id FROM due UNION ALL SELECT id FROM lapsed
@@ -188,13 +157,14 @@ SELECT pg_notify('durably_work', workflow)
 FROM (SELECT DISTINCT workflow FROM released WHERE status = 'running') w
 """
 
-_TIMED = "status = 'suspended' AND wake_at IS NOT NULL"
-_FIRST_TIMER = _walk(_TIMED, "wake_at", "w.name", "1")
-_FIRST_LEASE = _walk("lease_until IS NOT NULL", "lease_until", "w.name", "1")
-NEXT_DUE = f"""
+NEXT_DUE = """
 SELECT LEAST(
-    (SELECT MIN(c.k) FROM {_SERVED_WORKFLOWS} CROSS JOIN LATERAL ({_FIRST_TIMER}) c),
-    (SELECT MIN(c.k) FROM {_SERVED_WORKFLOWS} CROSS JOIN LATERAL ({_FIRST_LEASE}) c))
+    (SELECT MIN(wake_at) FROM durably.runs
+     WHERE status = 'suspended' AND workflow = ANY(%(wfs)s)
+       AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))),
+    (SELECT MIN(lease_until) FROM durably.runs
+     WHERE lease_until IS NOT NULL AND workflow = ANY(%(wfs)s)
+       AND (NOT pinned OR workflow || '@' || version = ANY(%(wvs)s))))
 """
 
 GET_STATUS_FOR_UPDATE = "SELECT status FROM durably.runs WHERE id = %s FOR UPDATE"

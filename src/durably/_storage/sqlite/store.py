@@ -286,7 +286,7 @@ class SQLiteStorage(Storage):
         workflows = served(workflows)
         if not workflows or limit <= 0:
             return []
-        candidates = q.claim_candidates(len(workflows), len(versions))
+        sql = q.claim(len(workflows), len(versions))
         params: dict[str, Any] = {
             "me": worker_id,
             "lease": now + lease_seconds,
@@ -303,12 +303,7 @@ class SQLiteStorage(Storage):
             if not conn.execute(probe, params).fetchone()[0]:
                 return []
             with self._write(conn):
-                found = conn.execute(candidates, params).fetchall()
-                ids = list(dict.fromkeys(r[1] for r in sorted(found, key=lambda r: (r[0], r[2]))))
-                if not ids:
-                    return []
-                named = {f"id{i}": run_id for i, run_id in enumerate(ids[:limit])}
-                rows = conn.execute(q.claim_ids(len(named)), {**params, **named}).fetchall()
+                rows = conn.execute(sql, params).fetchall()
             return [RunRecord(*r) for r in rows]
 
         return self._retry(tx)
