@@ -426,6 +426,37 @@ async def test_a_run_started_from_a_step_does_not_inherit_the_steps_context(
     assert got == ["none", "launched:0"]
 
 
+async def test_a_failed_write_is_not_reported_as_an_outage(
+    make_app: Callable[..., durably.App], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The committer reports why a write failed (an outage, or the write's own
+    # error, e.g. a constraint) before the driver hears CommitFailed; the
+    # driver only hands the run back. It used to log every such failure as
+    # "database unreachable ... retrying until it is back".
+    from durably._worker.committer import CommitFailed
+
+    app = make_app()
+    ran: list[int] = []
+    two = add_two_steps(app, ran)
+    async with app.worker() as worker:
+        real_submit = worker.committer.submit
+        failures: list[str] = []
+
+        def submit(write: Any) -> Any:
+            if write.entries and not failures:
+                failures.append(write.run_id)
+                future = asyncio.get_running_loop().create_future()
+                future.set_exception(CommitFailed("this write is bad"))
+                return future
+            return real_submit(write)
+
+        worker.committer.submit = submit  # type: ignore[method-assign]
+        with caplog.at_level("WARNING", logger="durably"):
+            assert await (await app.start(two, 0)).result(timeout=20) == 2
+    assert failures
+    assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
+
+
 def commit_threads(app: durably.App) -> list[tuple[str, int]]:
     """Record how each write was made, and on which thread: "commit" (the
     committer thread's way), "nowait" (SQLite on the loop), "busy" (that was

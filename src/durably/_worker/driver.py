@@ -187,9 +187,13 @@ class RunDriver:
             log.info("run %s: taken over by another worker; dropped here", self.run_id)
         except asyncio.CancelledError:
             pass
-        except (DatabaseUnavailable, CommitFailed) as exc:
+        except DatabaseUnavailable as exc:
             failed = True  # said once for the whole outage, not once per run
             self.worker.outage.failed(f"run {self.run_id}", exc)
+        except CommitFailed:
+            # The committer already said why (an outage, or this write's own
+            # error): saying "unreachable" here misnamed a bad write.
+            failed = True
         except Exception as exc:  # keep the worker alive
             failed = True
             log.warning("run %s: driver stopped: %s", self.run_id, exc, exc_info=True)
