@@ -27,12 +27,6 @@ class Migration:
     sql: str
 
 
-def served(workflows: Sequence[str]) -> list[str]:
-    """The workflows a claim is for, each once: a name given twice would be
-    walked twice, and its runs would fill the claim twice over."""
-    return list(dict.fromkeys(workflows))
-
-
 def migrations(package: str) -> list[Migration]:
     """The ``NNNN_name.sql`` files of ``package``'s ``migrations`` folder, in order."""
     found = []

@@ -436,11 +436,11 @@ class Worker:
         spec = self.workflows.get(record.workflow)
         if spec is None:
             return
+        began = claimed_at if claimed_at is not None else self.clock()
         running = self.drivers.get(record.id)
         if running is not None:
             # We re-claimed a run we still drive (its lease lapsed while our
             # renewals failed or we stood still).
-            began = claimed_at if claimed_at is not None else self.clock()
             if record.epoch == running.epoch + 1:
                 # Nobody held it in between (each claim adds one to the
                 # epoch): the journal is what the driver holds in memory.
@@ -454,7 +454,7 @@ class Worker:
             return
         self.claimed_total += 1
         driver = RunDriver(self, record, spec, fresh=fresh)
-        driver.claimed_at = claimed_at if claimed_at is not None else self.clock()
+        driver.claimed_at = began
         self.drivers[record.id] = driver
         self._holding.set()
         # In a context of its own: a run started from inside a step must not

@@ -52,7 +52,6 @@ from ..common import (
     migrations,
     partition,
     run_row,
-    served,
     split_statements,
     sql_missed,
     wake_missed,
@@ -308,7 +307,7 @@ class PostgresStorage(Storage):
             "lease": now + lease_seconds,
             "now": now,
             "n": limit,
-            "wfs": served(workflows),
+            "wfs": list(workflows),
             "wvs": list(versions),
         }
         with self._conn() as conn:
@@ -468,7 +467,7 @@ class PostgresStorage(Storage):
         if not workflows:
             return None
         with self._conn() as conn:
-            params = {"wfs": served(workflows), "wvs": list(versions)}
+            params = {"wfs": list(workflows), "wvs": list(versions)}
             row = conn.execute(q.NEXT_DUE, params).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 

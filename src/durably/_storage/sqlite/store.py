@@ -47,7 +47,6 @@ from ..common import (
     migrations,
     partition,
     run_row,
-    served,
     split_statements,
     sql_missed,
     wake_missed,
@@ -283,7 +282,6 @@ class SQLiteStorage(Storage):
         lease_seconds: float,
         versions: Sequence[str] = (),
     ) -> list[RunRecord]:
-        workflows = served(workflows)
         if not workflows or limit <= 0:
             return []
         sql = q.claim(len(workflows), len(versions))
@@ -405,7 +403,6 @@ class SQLiteStorage(Storage):
     def next_due(
         self, workflows: Sequence[str], now: float, versions: Sequence[str] = ()
     ) -> float | None:
-        workflows = served(workflows)
         if not workflows:
             return None
         sql = q.next_due(len(workflows), len(versions))
