@@ -909,3 +909,82 @@ def test_a_constraint_violation_is_a_clear_durably_error(storage: Storage) -> No
         storage.commit("w1", [RunWrite("r1", run.epoch, [entry(0)])], T0 + 3)
     assert "not a usable durably database" not in str(info.value)
     assert [e.seq for e in storage.load_journal("r1")] == [0]  # nothing lost
+
+
+_CLOSE_WHILE_QUERYING = """
+import sys, threading, time
+from durably._errors import DatabaseError
+from durably._storage import open_storage
+
+url, rounds = sys.argv[1], int(sys.argv[2])
+unexpected = []
+for _ in range(rounds):
+    store = open_storage(url)
+    store.migrate()
+    stop = threading.Event()
+
+    def query() -> None:
+        while not stop.is_set():
+            try:
+                store.get_run("r-none")
+                store.load_journal("r-none")
+            except DatabaseError:
+                return  # what a query on a closed storage must say
+            except Exception as exc:
+                unexpected.append(f"{type(exc).__name__}: {exc}")
+                return
+
+    threads = [threading.Thread(target=query) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.002)
+    store.close()
+    stop.set()
+    for t in threads:
+        t.join()
+print("unexpected:", unexpected[:3])
+sys.exit(1 if unexpected else 0)
+"""
+
+
+def test_closing_while_other_threads_query_neither_crashes_nor_misleads(
+    database_url: str, storage: Storage
+) -> None:
+    """An app closed while a worker's threads still query (a shutdown, a test's
+    teardown) used to kill the process: SQLite connections were closed under
+    the threads using them (a segmentation fault). Those queries now finish or
+    fail with a DatabaseError; the process lives."""
+    rounds = "60" if database_url.startswith("sqlite") else "15"
+    done = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", _CLOSE_WHILE_QUERYING, database_url, rounds],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])
+
+
+def test_connections_of_finished_threads_are_closed(tmp_path: Path) -> None:
+    """SQLite gives each thread its own connection; threads come and go (a
+    worker's executors, started and stopped with it), and their connections
+    must not stay open until the app closes."""
+    db = tmp_path / "threads.db"
+    store = open_storage(f"sqlite:///{db}")
+    store.migrate()
+
+    def open_files() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if str(fd.resolve()).startswith(str(db)))
+
+    try:
+        one = open_files()  # this thread's connection (the file, its WAL, ...)
+        for _ in range(30):
+            thread = threading.Thread(target=store.get_run, args=("r-none",))
+            thread.start()
+            thread.join()
+        # Each new thread's first query closed the connections of those before
+        # it: this thread's and the last thread's are open.
+        assert open_files() <= 2 * one, (open_files(), one)
+    finally:
+        store.close()
+    assert open_files() == 0

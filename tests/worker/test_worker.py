@@ -181,8 +181,8 @@ def test_sqlite_is_power_loss_safe_by_default(tmp_path: Any) -> None:
     for query, expected in [("", 2), ("?synchronous=normal", 1)]:
         storage = SQLiteStorage(f"sqlite:///{tmp_path / 'x.db'}{query}")
         storage.migrate()
-        level = storage._conn().execute("PRAGMA synchronous").fetchone()[0]
-        mode = storage._conn().execute("PRAGMA journal_mode").fetchone()[0]
+        level = storage._retry(lambda c: c.execute("PRAGMA synchronous").fetchone()[0])
+        mode = storage._retry(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0])
         storage.close()
         assert (level, mode) == (expected, "wal")
 

@@ -1,6 +1,8 @@
 """SQLite backend: one file, WAL, several processes.
 
-Each thread gets its own connection. Writes run in ``BEGIN IMMEDIATE``
+Each thread gets its own connection, used only under its own lock, so that
+closing the storage from one thread waits for a query another thread is
+running on it instead of freeing the connection under it. Writes run in ``BEGIN IMMEDIATE``
 transactions so that SQLite's busy handler (not an error) arbitrates between
 processes; anything that still reports "locked" or "busy" is retried here
 with backoff, so ``database is locked`` never reaches the user.
@@ -55,6 +57,25 @@ from . import queries as q
 
 T = TypeVar("T")
 
+
+class _Slot:
+    """A thread's connection and the lock it is used under."""
+
+    __slots__ = ("closed", "conn", "lock", "thread")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.closed = False
+        self.thread = threading.current_thread()
+
+    def close(self) -> None:
+        with self.lock:  # after the query another thread may be running on it
+            self.closed = True
+            with contextlib.suppress(Exception):
+                self.conn.close()
+
+
 _SYNC_MODES = {"off": "OFF", "normal": "NORMAL", "full": "FULL", "extra": "EXTRA"}
 _CHUNK = 500
 _BUSY_GIVE_UP = 300.0  # seconds of continuous contention before reporting it
@@ -98,22 +119,36 @@ class SQLiteStorage(Storage):
                 "synchronous=full|normal"
             )
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: list[_Slot] = []
         self._lock = threading.Lock()
         self._closed = False
         self._listeners = Listeners("durably-sqlite-poll", self._poll_loop)
 
     # -- connections -------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
-        return conn
+    def _slot(self) -> _Slot:
+        slot: _Slot | None = getattr(self._local, "slot", None)
+        if slot is None:
+            slot = _Slot(self._connect())
+            with self._lock:
+                if self._closed:  # closed while it was connecting
+                    slot.conn.close()
+                    raise self._closed_error()
+                # Threads come and go (executors, listeners): their connections
+                # go with them rather than stay open until close().
+                gone = [s for s in self._all if not s.thread.is_alive()]
+                self._all = [s for s in self._all if s.thread.is_alive()]
+                self._all.append(slot)
+            for old in gone:
+                old.close()
+            self._local.slot = slot
+        return slot
+
+    def _closed_error(self) -> DatabaseError:
+        return DatabaseError(f"{self.url}: storage is closed")
 
     def _connect(self) -> sqlite3.Connection:
         if self._closed:
-            raise DatabaseError(f"{self.url}: storage is closed")
+            raise self._closed_error()
         folder = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(folder):
             raise DatabaseError(
@@ -134,8 +169,6 @@ class SQLiteStorage(Storage):
             raise self._foreign(exc) from None
         except sqlite3.DatabaseError as exc:
             raise self._foreign(exc) from None
-        with self._lock:
-            self._all.append(conn)
         return conn
 
     def _foreign(self, exc: Exception) -> DatabaseError:
@@ -149,10 +182,9 @@ class SQLiteStorage(Storage):
         self._listeners.close()
         with self._lock:
             self._closed = True
-            conns, self._all = self._all, []
-        for conn in conns:
-            with contextlib.suppress(Exception):
-                conn.close()
+            slots, self._all = self._all, []
+        for slot in slots:
+            slot.close()
 
     def _retry(self, fn: Callable[[sqlite3.Connection], T], *, patient: bool = True) -> T:
         """Run ``fn`` (one statement or transaction), riding out contention
@@ -160,14 +192,13 @@ class SQLiteStorage(Storage):
         deadline = time.monotonic() + _BUSY_GIVE_UP
         delay = 0.0005
         while True:
-            conn: sqlite3.Connection | None = None
             try:
-                conn = self._conn()
-                return fn(conn)
+                slot = self._slot()
+                with slot.lock:
+                    if slot.closed:
+                        raise self._closed_error()
+                    return self._once(slot.conn, fn)
             except sqlite3.OperationalError as exc:
-                if conn is not None and conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
                 if not _is_busy(exc):
                     raise DatabaseError(f"{self.url}: {exc}") from exc
                 if not patient:
@@ -180,12 +211,20 @@ class SQLiteStorage(Storage):
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.002)
             except sqlite3.DatabaseError as exc:
-                if conn is not None and conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
                 if type(exc) is sqlite3.DatabaseError:  # "file is not a database" & co
                     raise self._foreign(exc) from None
                 raise DatabaseError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _once(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` on ``conn``; on an error, no transaction is left open."""
+        try:
+            return fn(conn)
+        except sqlite3.Error:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
 
     @contextlib.contextmanager
     def _write(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
@@ -523,24 +562,20 @@ class SQLiteStorage(Storage):
     def _poll_loop(self, stop: threading.Event, dispatch: Listener) -> None:
         # PRAGMA data_version changes when another connection commits; reading
         # it touches only shared memory, so polling it costs next to nothing.
-        conn = self._retry(lambda _: self._connect())
-        try:
-            last = conn.execute(q.DATA_VERSION).fetchone()[0]
-            # Commits between subscribe() and the first read above went unseen.
-            dispatch("", "")
-            while not stop.wait(POLL_INTERVAL):
-                try:
-                    version = conn.execute(q.DATA_VERSION).fetchone()[0]
-                except sqlite3.OperationalError:
-                    continue
-                if version != last:
-                    last = version
-                    dispatch("", "")
-        finally:
-            with self._lock:
-                if conn in self._all:
-                    self._all.remove(conn)
-            conn.close()
+        def version(conn: sqlite3.Connection) -> int:
+            return int(conn.execute(q.DATA_VERSION).fetchone()[0])
+
+        last = self._retry(version)
+        # Commits between subscribe() and the first read above went unseen.
+        dispatch("", "")
+        while not stop.wait(POLL_INTERVAL):
+            try:
+                current = self._retry(version, patient=False)
+            except (_Busy, DatabaseError):
+                continue  # busy: next time; closed: told to stop too
+            if current != last:
+                last = current
+                dispatch("", "")
 
 
 class _Busy(Exception):
