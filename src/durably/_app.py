@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from . import _config, _serde
 from ._batching import Batcher
-from ._context import to_seconds
+from ._checks import RUN_ID_LIMIT, check_name, step_options, to_seconds
 from ._errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -31,7 +31,7 @@ from ._gc import tune_for_worker
 from ._handle import WorkflowHandle
 from ._loops import run_loop
 from ._registry import StepDef, WorkflowDef, make_step, source_version
-from ._retry import DEFAULT_RETRY, Retry
+from ._retry import Retry
 from ._storage import open_storage
 from ._storage.base import (
     CHANNEL_CANCEL,
@@ -143,6 +143,8 @@ class App:
         default_deadline = (
             to_seconds(deadline, "@app.workflow(deadline=...)") if deadline is not None else None
         )
+        if name is not None:
+            check_name(name, "@app.workflow(name=...)")
 
         def register(fn: F) -> F:
             if not callable(fn):
@@ -189,14 +191,11 @@ class App:
         *,
         name: str | None = None,
         retry: Retry | None = None,
-        timeout: float | None = None,
+        timeout: float | dt.timedelta | None = None,
         aliases: tuple[str, ...] = (),
     ) -> Any:
         """Register a step: its result is journaled once per run and position."""
-        if retry is not None and not isinstance(retry, Retry):
-            raise ConfigurationError(f"@app.step(retry=...) needs a durably.Retry, got {retry!r}")
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise ConfigurationError(f"@app.step(timeout=...) must be > 0 seconds, got {timeout!r}")
+        policy, seconds, names = step_options("@app.step", retry, timeout, name, aliases)
 
         def register(fn: F) -> F:
             if not callable(fn):
@@ -204,9 +203,9 @@ class App:
             definition = StepDef(
                 fn=fn,
                 name=name or fn.__name__,
-                retry=retry or DEFAULT_RETRY,
-                timeout=float(timeout) if timeout is not None else None,
-                aliases=tuple(aliases),
+                retry=policy,
+                timeout=seconds,
+                aliases=names,
                 is_async=inspect.iscoroutinefunction(fn),
             )
             self._steps[definition.name] = definition
@@ -328,10 +327,8 @@ class App:
         )
         if run_id is None:
             run_id = uuid.uuid4().hex
-        elif not isinstance(run_id, str) or not run_id or len(run_id) > 512:
-            raise PayloadError(
-                f"run id must be a non-empty string of at most 512 characters, got {run_id!r}"
-            )
+        else:
+            check_name(run_id, "run id", RUN_ID_LIMIT, PayloadError)
         args_text = definition.encode_args(args, kwargs, self.max_payload_bytes)
         now = self.clock()
         return NewRun(
@@ -411,8 +408,7 @@ class App:
     # -- signals, events, cancellation ---------------------------------------------
     def signal_sync(self, run_id: str, topic: str, payload: Any = None) -> None:
         """Blocking twin of :meth:`signal`."""
-        if not isinstance(topic, str) or not topic:
-            raise ConfigurationError(f"signal topic must be a non-empty string, got {topic!r}")
+        check_name(topic, "signal topic")
         text = _serde.encode(
             payload, what=f"the payload of signal {topic!r}", limit=self.max_payload_bytes
         )
@@ -430,7 +426,19 @@ class App:
 
     def _event(self, run_id: str, key: str) -> tuple[bool, Any]:
         value = self.storage.get_event(run_id, key)
-        return value is not None, value
+        if value is not None:
+            return True, value
+        record = self.storage.get_run(run_id)
+        if record is None or record.status not in TERMINAL:
+            return False, None
+        # An ended run sets nothing more, and everything it set was written by
+        # the time it ended: one more look, then waiting would be forever.
+        value = self.storage.get_event(run_id, key)
+        if value is None:
+            raise WaitTimeout(
+                f"run {run_id!r} ended ({record.status}) without setting event {key!r}"
+            )
+        return True, value
 
     def get_event_sync(
         self, run_id: str, key: str, timeout: float | dt.timedelta | None = None
@@ -465,7 +473,8 @@ class App:
 
     def _event_waiter(self, run_id: str, loop: asyncio.AbstractEventLoop | None) -> ChangeWaiter:
         def accept(channel: str, payload: str) -> bool:
-            return channel == "" or (channel == CHANNEL_EVENT and payload == run_id)
+            # An end wakes it too: an ended run sets nothing more.
+            return channel == "" or (channel in (CHANNEL_EVENT, CHANNEL_DONE) and payload == run_id)
 
         return ChangeWaiter([self.storage.subscribe, self._hub.subscribe], accept, loop)
 

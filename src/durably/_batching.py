@@ -61,6 +61,13 @@ class Batcher(Generic[T, R]):
                 return
 
     def _handle(self, batch: list[tuple[T, Future[R]]]) -> None:
+        # A caller that gave up (a request timed out, a task was cancelled) is
+        # dropped before the work starts; once started, a future cannot be
+        # cancelled, so every answer below lands. The thread must never die:
+        # every later call would wait for it forever.
+        batch = [(item, future) for item, future in batch if future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         try:
             results = self._process([item for item, _ in batch])
         except BaseException as exc:  # noqa: BLE001 - every caller gets the error

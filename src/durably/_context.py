@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 import random as _random
 import uuid as _uuid
 from collections.abc import Callable
 from typing import Any
 
 from . import _serde
+from ._checks import RUN_ID_LIMIT, check_name, step_options, to_seconds
 from ._engine.instance import ChildSpec, Instance, caller_location, current_step_key
 from ._engine.journal import Kind
-from ._errors import ConfigurationError, DurablyError
-from ._retry import DEFAULT_RETRY, Retry
-
-
-def to_seconds(value: float | dt.timedelta, what: str) -> float:
-    if isinstance(value, dt.timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise ConfigurationError(
-            f"{what} must be a timedelta or a number of seconds, not {value!r}"
-        )
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ConfigurationError(f"{what} must be a finite number >= 0 ({value!r})")
-    return seconds
+from ._errors import ConfigurationError, DurablyError, PayloadError
+from ._retry import Retry
 
 
 class ChildHandle:
@@ -89,7 +75,7 @@ class Context:
         fn: Callable[..., Any],
         *args: Any,
         retry: Retry | None = None,
-        timeout: float | None = None,
+        timeout: float | dt.timedelta | None = None,
         **kwargs: Any,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` as a step named ``name``.
@@ -98,15 +84,11 @@ class Context:
         ``fn`` again. ``retry`` and ``timeout`` are reserved keywords (not
         passed to ``fn``); wrap ``fn`` in a lambda to pass those names.
         """
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(
-                f"ctx.run(name, fn, ...): name must be a non-empty string, got {name!r}"
-            )
+        check_name(name, "ctx.run(name, fn, ...): name")
         if not callable(fn):
             raise ConfigurationError(f"ctx.run({name!r}, fn): fn must be callable, got {fn!r}")
-        return self._instance.step(
-            name, fn, args, kwargs, retry or DEFAULT_RETRY, timeout, (), caller_location()
-        )
+        policy, seconds, _ = step_options(f"ctx.run({name!r}, ...)", retry, timeout)
+        return self._instance.step(name, fn, args, kwargs, policy, seconds, (), caller_location())
 
     def sleep(
         self, name: str | float | dt.timedelta, duration: float | dt.timedelta | None = None
@@ -141,10 +123,7 @@ class Context:
         ``TimeoutError``) when ``timeout`` passes first; without a timeout it
         waits forever, suspended.
         """
-        if not isinstance(topic, str) or not topic:
-            raise ConfigurationError(
-                f"ctx.wait_for(topic): topic must be a non-empty string, got {topic!r}"
-            )
+        check_name(topic, "ctx.wait_for(topic): topic")
         instance = self._instance
         deadline = None
         if timeout is not None:
@@ -153,10 +132,7 @@ class Context:
 
     def set_event(self, key: str, value: Any) -> None:
         """Publish ``value`` under ``key``; ``app.get_event(run_id, key)`` reads the latest."""
-        if not isinstance(key, str) or not key:
-            raise ConfigurationError(
-                f"ctx.set_event(key, value): key must be a non-empty string, got {key!r}"
-            )
+        check_name(key, "ctx.set_event(key, value): key")
         text = _serde.encode(value, what=f"event {key!r}", limit=self._instance.info.payload_limit)
         self._instance.set_event(key, text, caller_location())
 
@@ -176,6 +152,8 @@ class Context:
         if self._resolve is None:
             raise ConfigurationError("this context cannot start child workflows")
         definition = self._resolve(workflow)
+        if id is not None:
+            check_name(id, "ctx.start_child(..., id=): id", RUN_ID_LIMIT, PayloadError)
         limit = self._instance.info.payload_limit
         spec = ChildSpec(
             workflow=definition.name,

@@ -141,8 +141,14 @@ def describe_exception(exc: BaseException) -> dict[str, str]:
         error_type = type(exc).__name__
     else:
         error_type = type(exc).__qualname__
-    return {
-        "type": error_type,
-        "message": str(exc),
-        "traceback": "".join(_tb.format_exception(type(exc), exc, exc.__traceback__)),
-    }
+    # An error whose __str__ itself fails must still be stored (or its run
+    # would be stuck with an outcome nobody can write): as traceback does.
+    try:
+        message = str(exc)
+    except Exception as inner:  # noqa: BLE001
+        message = f"<unprintable {error_type} object: str() raised {type(inner).__name__}>"
+    try:
+        trace = "".join(_tb.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # noqa: BLE001
+        trace = f"{error_type}: {message}\n"
+    return {"type": error_type, "message": message, "traceback": trace}

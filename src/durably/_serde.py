@@ -51,12 +51,19 @@ def _default(value: Any) -> Any:
 _encoder = json.JSONEncoder(
     separators=(",", ":"), ensure_ascii=False, default=_default, allow_nan=False
 )
+# For text with lone surrogates (file names from os.listdir, ...), which no
+# database takes raw: escaped as \udcff, they read back exactly as they were.
+_ascii_encoder = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=True, default=_default, allow_nan=False
+)
 
 
 def encode(value: Any, *, what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> str:
     """JSON text of ``value``; ``what`` names it in errors ("result of step 'x'")."""
     try:
         text = _encoder.encode(value)
+        if not utf8_encodable(text):
+            text = _ascii_encoder.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise PayloadError(
             f"{what} cannot be stored as JSON: {exc}. Use JSON values, dataclasses, "
@@ -72,6 +79,17 @@ def encode(value: Any, *, what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> 
                 "reference"
             )
     return text
+
+
+def utf8_encodable(text: str) -> bool:
+    """False for text with lone surrogates, which no database stores raw."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def decode(text: str | None, tp: Any = Any) -> Any:

@@ -147,8 +147,8 @@ def mismatch(
         f"workflow {workflow!r} run {run_id!r} diverged from its journal at position "
         f"{position}: the journal holds {rec}, the code now asks for {req}. "
         "Durable operations must be called in the same order with the same names on "
-        "every replay; guard changed code with ctx.patched(...) or give the workflow "
-        "a new version."
+        "every replay; give the changed workflow a new version "
+        "(@app.workflow(version=...)) so runs started on the old code keep it."
     )
     return NonDeterminismError(
         message,

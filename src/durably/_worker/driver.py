@@ -615,6 +615,11 @@ class RunDriver:
     async def _attempt(self, call: StepCall) -> None:
         try:
             outcome = await self._run_while_ours(call)
+        except Exception as exc:
+            # Never a silent end of this task: the run would wait for the step
+            # forever. The step fails, with the error, and the code decides.
+            log.warning("run %s: step %r: %s", self.run_id, call.name, exc, exc_info=True)
+            outcome = steps.failure_entry(call, exc, self._clock()), None
         except asyncio.CancelledError as exc:
             if call.position in self._cancelled_steps or self.finished:
                 raise  # we cancelled it

@@ -1,0 +1,176 @@
+"""Misuse and unusual-but-legal input, found by a review acting as a new user.
+
+Each test failed on the code before its fix: a step that re-ran without end,
+a run stuck forever with nothing logged, a start that hung every later start.
+They run on both backends and are bounded to a few seconds each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+
+import pytest
+
+import durably
+
+
+async def test_a_cancelled_start_does_not_hang_later_starts(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """A web request that times out while its ``app.start`` is in flight used
+    to kill the thread that batches starts: every later start in the process
+    waited forever."""
+    app = make_app()
+
+    @app.workflow()
+    async def signup(ctx: durably.Context, user: str) -> str:
+        return user
+
+    await app.start(signup, "warm-up", id="warm-up")
+    for i in range(20):  # some are cancelled before the batch starts, some during it
+        task = asyncio.ensure_future(app.start(signup, f"u{i}", id=f"gave-up-{i}"))
+        await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    handle = await asyncio.wait_for(app.start(signup, "next", id="next"), 10)
+    assert handle.id == "next"
+    assert (await app.get_handle("next").status()) == "pending"
+
+
+async def test_step_options_are_checked_where_they_are_given(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """``ctx.run(..., retry=5)`` used to be accepted; when the step first failed
+    the engine's task died on it and the run stayed ``running`` forever, with
+    nothing logged. A timedelta timeout was taken as a number."""
+    app = make_app()
+
+    def boom() -> None:
+        raise ValueError("boom")
+
+    def fine() -> str:
+        return "ok"
+
+    @app.workflow()
+    async def wrong_retry(ctx: durably.Context) -> None:
+        await ctx.run("x", boom, retry=5)  # type: ignore[arg-type]
+
+    @app.workflow()
+    async def timedelta_timeout(ctx: durably.Context) -> str:
+        return str(await ctx.run("y", fine, timeout=dt.timedelta(seconds=3)))
+
+    with pytest.raises(durably.ConfigurationError, match=r"retry= needs a durably.Retry"):
+
+        @app.step(retry=3)  # type: ignore[arg-type]
+        def bad_policy() -> None: ...
+
+    @app.step(aliases="old_name")  # type: ignore[arg-type]
+    def renamed() -> None: ...
+
+    assert app._steps["renamed"].aliases == ("old_name",)
+    async with app.worker():
+        handle = await app.start(wrong_retry)
+        with pytest.raises(durably.WorkflowFailed, match=r"retry= needs a durably.Retry"):
+            await handle.result(timeout=10)
+        assert await (await app.start(timedelta_timeout)).result(timeout=10) == "ok"
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str boom")
+
+
+async def test_an_error_that_cannot_be_printed_still_ends_its_run(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """An exception whose ``__str__`` raises, from a step, left the run stuck
+    forever (its failure could not be written); from the workflow body, the
+    run failed with a wrong message about non-durable awaits."""
+    app = make_app()
+
+    @app.step(retry=durably.Retry(max_attempts=1))
+    async def step_raises() -> None:
+        raise _Unprintable()
+
+    @app.workflow()
+    async def from_step(ctx: durably.Context) -> None:
+        await step_raises()
+
+    @app.workflow()
+    async def from_body(ctx: durably.Context) -> None:
+        raise _Unprintable()
+
+    async with app.worker():
+        for wf in (from_step, from_body):
+            handle = await app.start(wf)
+            with pytest.raises(durably.WorkflowFailed) as failed:
+                await handle.result(timeout=10)
+            assert "_Unprintable" in str(failed.value), failed.value
+            assert "unprintable" in failed.value.message, failed.value.message
+
+
+async def test_text_the_database_cannot_store_is_refused_or_escaped(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """A step returning a file name with a lone surrogate (what ``os.listdir``
+    gives for undecodable names) failed its commit, and the run was replayed
+    and the step re-run without end; a NUL in a step name did the same on
+    PostgreSQL. Payloads now keep such text (escaped, it reads back exactly);
+    names and ids that cannot be stored are refused where they are given."""
+    app = make_app()
+    calls: list[str] = []
+
+    @app.step()
+    async def listing() -> list[str]:
+        calls.append("listing")
+        return ["ok.txt", "bad\udcff.txt"]
+
+    @app.workflow()
+    async def files(ctx: durably.Context, name: str) -> list[str]:
+        return [name, *await listing()]
+
+    def noop() -> None: ...
+
+    @app.workflow()
+    async def nul_step(ctx: durably.Context) -> None:
+        await ctx.run("charge\x00card", noop)
+
+    async with app.worker():
+        handle = await app.start(files, "arg\udcfe", id="files")
+        assert await handle.result(timeout=10) == ["arg\udcfe", "ok.txt", "bad\udcff.txt"]
+        assert calls == ["listing"]
+        handle = await app.start(nul_step)
+        with pytest.raises(durably.WorkflowFailed, match="NUL character or a lone surrogate"):
+            await handle.result(timeout=10)
+    with pytest.raises(durably.PayloadError, match="NUL character or a lone surrogate"):
+        await app.start(files, "x", id="bad\x00id")
+    with pytest.raises(durably.ConfigurationError, match="NUL character or a lone surrogate"):
+        await app.signal("files", "topic\udcff", 1)
+
+
+async def test_get_event_of_a_run_that_ended_without_it_does_not_wait_forever(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """Without a timeout, ``get_event`` on a run that had ended without
+    setting the key waited forever; so did one whose run ended while it waited."""
+    app = make_app()
+
+    @app.workflow()
+    async def quiet(ctx: durably.Context) -> str:
+        ctx.set_event("stage", "only")
+        await ctx.wait_for("go")
+        return "done"
+
+    async with app.worker():
+        handle = await app.start(quiet, id="quiet")
+        waiting = asyncio.ensure_future(app.get_event("quiet", "never"))
+        assert await app.get_event("quiet", "stage", timeout=10) == "only"
+        await app.signal("quiet", "go")
+        assert await handle.result(timeout=10) == "done"
+        with pytest.raises(durably.WaitTimeout, match=r"ended \(completed\) without"):
+            await asyncio.wait_for(waiting, 10)
+    with pytest.raises(TimeoutError, match="without setting event 'never'"):
+        await asyncio.wait_for(app.get_event("quiet", "never"), 10)
+    assert app.get_event_sync("quiet", "stage") == "only"
