@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 import durably
+from durably._worker.committer import CommitFailed
 
 
 async def test_a_cancelled_start_does_not_hang_later_starts(
@@ -174,3 +176,31 @@ async def test_get_event_of_a_run_that_ended_without_it_does_not_wait_forever(
     with pytest.raises(TimeoutError, match="without setting event 'never'"):
         await asyncio.wait_for(app.get_event("quiet", "never"), 10)
     assert app.get_event_sync("quiet", "stage") == "only"
+
+
+async def test_a_local_start_whose_write_failed_is_not_left_claimed(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """A start beside a worker writes the run already claimed by that worker;
+    when that write failed (the worker's own connection cut), the fallback
+    start wrote the same run still marked as claimed by a worker that was not
+    driving it, and it sat idle for a whole lease."""
+    app = make_app(lease_seconds=30)
+
+    @app.workflow()
+    async def quick(ctx: durably.Context, x: int) -> int:
+        return x * 2
+
+    async with app.worker() as worker:
+        real_submit = worker.committer.submit
+
+        def failing_submit(write: Any) -> Any:
+            if write.create is not None:
+                worker.committer.submit = real_submit  # type: ignore[method-assign]
+                raise CommitFailed("connection cut (simulated)")
+            return real_submit(write)
+
+        worker.committer.submit = failing_submit  # type: ignore[method-assign]
+        handle = await app.start(quick, 21, id="fallback")
+        # Well within the 30 s lease a wrongly claimed run would sit out.
+        assert await handle.result(timeout=10) == 42

@@ -221,9 +221,11 @@ class App:
     @property
     def storage(self) -> Storage:
         """The opened (and migrated) database of this app."""
-        if self._storage is None:
+        storage = self._storage  # read once: close() may clear it meanwhile
+        if storage is None:
             with self._storage_lock:
-                if self._storage is None:
+                storage = self._storage
+                if storage is None:
                     storage = open_storage(self.database_url)
                     try:
                         storage.migrate()
@@ -231,21 +233,31 @@ class App:
                         storage.close()
                         raise
                     self._storage = storage
-        return self._storage
+        return storage
 
     def use_database(self, url: str) -> None:
         """Point this app at another database (closes the current connections)."""
-        self.close()
-        self.database_url = _config.database_url(url)
+        self.close(then_use=_config.database_url(url))
 
-    def close(self) -> None:
+    def close(self, *, then_use: str | None = None) -> None:
         """Close database connections (a new call reopens them)."""
+        if self._workers:
+            raise ConfigurationError(
+                f"app {self.name!r} has a worker running in this process; stop it "
+                "(leave `async with app.worker()`) before closing the app or "
+                "switching its database"
+            )
         with self._storage_lock:
-            storage, self._storage = self._storage, None
             starts, self._starts = self._starts, None
-            watcher, self._watcher = self._watcher, None
         if starts is not None:
-            starts.close()
+            starts.close()  # starts made before this call land where they were made
+        with self._storage_lock:
+            # The URL changes with the swap: a call racing this one reopens
+            # the new database, never the old one.
+            if then_use is not None:
+                self.database_url = then_use
+            storage, self._storage = self._storage, None
+            watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.close()
         if storage is not None:

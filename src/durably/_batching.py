@@ -57,8 +57,8 @@ class Batcher(Generic[T, R]):
                 closed = self._closed
             if batch:
                 self._handle(batch)
-            elif closed:
-                return
+            if closed:  # nothing more can arrive (submit refuses), and a
+                return  # wake-up set by close() may have been cleared above
 
     def _handle(self, batch: list[tuple[T, Future[R]]]) -> None:
         # A caller that gave up (a request timed out, a task was cancelled) is

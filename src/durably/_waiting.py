@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from ._errors import DatabaseUnavailable
+from ._errors import DatabaseError, DatabaseUnavailable
 
 Listener = Callable[[str, str], None]
 
@@ -180,11 +180,15 @@ class RunWatcher:
                 self._new.add(run_id)
             else:
                 self._local.add(run_id)
-            if self._thread is None and not self._closed:
+            closed = self._closed
+            if self._thread is None and not closed:
                 self._thread = threading.Thread(
                     target=self._run, name="durably-results", daemon=True
                 )
                 self._thread.start()
+        if closed:  # it raced the app's close(): nobody would ever answer it
+            self._settle(run_id, None, functools.partial(_closed_error, run_id))
+            return
         if check:
             self._event.set()
 
@@ -214,9 +218,14 @@ class RunWatcher:
                     future.set_result(record)
 
     def close(self) -> None:
+        """Stop; whoever still waits is told (else a wait without a timeout
+        would never end)."""
         with self._lock:
             self._closed = True
+            waiting = list(self._futures)
         self._event.set()
+        for run_id in waiting:
+            self._settle(run_id, None, functools.partial(_closed_error, run_id))
 
     def _on_change(self, channel: str, payload: str) -> None:
         if channel == "":
@@ -231,8 +240,27 @@ class RunWatcher:
             if wanted:
                 self._event.set()
 
+    def _subscribe(self) -> list[Callable[[], None]] | None:
+        """Listen to every source; while the database cannot be opened (an
+        outage at a process's first wait), keep trying. None once closed."""
+        while True:
+            unsubscribe: list[Callable[[], None]] = []
+            try:
+                for subscribe in self._sources:
+                    unsubscribe.append(subscribe(self._on_change))
+                return unsubscribe
+            except Exception:  # noqa: BLE001 - e.g. DatabaseUnavailable: wait it out
+                for stop in unsubscribe:
+                    stop()
+            with self._lock:
+                if self._closed:
+                    return None
+            self._event.wait(min(self._recheck, 1.0))
+
     def _run(self) -> None:
-        unsubscribe = [subscribe(self._on_change) for subscribe in self._sources]
+        unsubscribe = self._subscribe()
+        if unsubscribe is None:
+            return
         last_full = time.monotonic()
         position: int | None = None  # how far the ended log was read (SQLite)
         try:
@@ -331,3 +359,10 @@ def _copy_error(exc: Exception) -> BaseException:
     copy.__dict__.update(exc.__dict__)
     copy.args = exc.args
     return copy
+
+
+def _closed_error(run_id: str) -> DatabaseError:
+    return DatabaseError(
+        f"the app was closed while waiting for run {run_id!r}; ask for its result "
+        "again (the app reopens its database)"
+    )

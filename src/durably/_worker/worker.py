@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import logging
 import math
@@ -387,15 +388,15 @@ class Worker:
         self._reserved += 1
         try:
             now = self.clock()
-            run.owner = self.id
-            run.lease_until = now + self.lease_seconds
+            # A claimed copy: if this fails, the caller starts ``run`` itself
+            # the ordinary way, unclaimed (not held by a worker not driving it).
+            claimed = dataclasses.replace(run, owner=self.id, lease_until=now + self.lease_seconds)
             try:
-                created = await self.committer.submit(RunWrite(run.id, 1, create=run))
+                created = await self.committer.submit(RunWrite(run.id, 1, create=claimed))
             except CommitFailed:
                 return False
         finally:
             self._reserved -= 1
-        run.owner = run.lease_until = None
         if not created:
             return False
         record = RunRecord(

@@ -164,6 +164,9 @@ class PostgresStorage(Storage):
         try:
             handout = self._pool.connection(timeout=CONNECT_PATIENCE)
             conn = handout.__enter__()
+        except psycopg_pool.PoolClosed:
+            # Closed by its app, not an outage to wait out.
+            raise DatabaseError(f"{self._where}: storage is closed") from None
         except (psycopg_pool.PoolTimeout, psycopg.OperationalError) as exc:
             # No connection: nothing of the operation reached the server.
             raise DatabaseUnavailable(self.unreachable(exc), reached=False) from None

@@ -1,0 +1,150 @@
+"""Closing an app, switching its database and outages at a process's first
+wait, while other calls are in flight. Found by a review of shutdown paths;
+each test failed (hung, or used the wrong database) on the code before."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import durably
+from conftest import PostgresServer
+from outage_proxy import OutageProxy
+
+
+def _doubler(app: durably.App) -> Callable[..., object]:
+    @app.workflow()
+    def double(ctx: durably.Context, x: int) -> int:
+        return x * 2
+
+    return double
+
+
+async def test_a_wait_for_a_result_ends_when_the_app_is_closed(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """``result()`` without a timeout, waiting while the app was closed (a
+    shutdown, ``use_database``), waited forever: nobody was left to answer."""
+    app = make_app()
+    double = _doubler(app)
+    handle = await app.start(double, 21, id="never-run")  # no worker: it stays pending
+    waiting = asyncio.ensure_future(handle.result())
+    blocked: list[BaseException | int] = []
+
+    def wait_sync() -> None:
+        try:
+            blocked.append(app.get_handle("never-run").result_sync())
+        except BaseException as exc:  # noqa: BLE001 - what it said is the point
+            blocked.append(exc)
+
+    thread = threading.Thread(target=wait_sync)
+    thread.start()
+    await asyncio.sleep(0.3)
+    app.close()
+    with pytest.raises(durably.DurablyError, match="closed while waiting for run 'never-run'"):
+        await asyncio.wait_for(waiting, 10)
+    thread.join(10)
+    assert len(blocked) == 1 and isinstance(blocked[0], durably.DurablyError), blocked
+    async with app.worker():  # and the app works again afterwards
+        assert await app.get_handle("never-run").result(timeout=10) == 42
+
+
+async def test_closing_an_app_with_a_worker_running_is_refused(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """The worker kept the closed storage: on SQLite every operation then
+    failed, on PostgreSQL the worker waited out a 300 s 'outage'."""
+    app = make_app()
+    double = _doubler(app)
+    async with app.worker():
+        with pytest.raises(durably.ConfigurationError, match="worker running"):
+            app.close()
+        with pytest.raises(durably.ConfigurationError, match="worker running"):
+            app.use_database("sqlite:///elsewhere.db")
+        assert await (await app.start(double, 2)).result(timeout=10) == 4
+
+
+def test_use_database_while_other_threads_start_runs(tmp_path: Path) -> None:
+    """A start batched while ``use_database`` ran reopened the old database,
+    and the app kept using it for good."""
+    first, second = tmp_path / "a.db", tmp_path / "b.db"
+    app = durably.App("switch", f"sqlite:///{first}")
+    double = _doubler(app)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def start_many() -> None:
+        while not stop.is_set():
+            try:
+                app.start_sync(double, 1)
+            except durably.DurablyError:
+                pass  # a start caught by the close itself may fail: clearly
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+    threads = [threading.Thread(target=start_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.2)
+        app.use_database(f"sqlite:///{second}")
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    try:
+        assert not errors, errors
+        assert str(second) in app.storage.url
+        after = app.start_sync(double, 5, id="after-the-switch")
+        assert after.id == "after-the-switch"
+        other = durably.App("switch", f"sqlite:///{first}")
+        try:
+            assert other.storage.get_run("after-the-switch") is None
+        finally:
+            other.close()
+    finally:
+        app.close()
+
+
+@pytest.fixture
+def proxied(postgres_server: PostgresServer) -> Iterator[tuple[str, OutageProxy]]:
+    name = postgres_server.create()
+    base = postgres_server.url.rpartition("/")[0]
+    proxy = OutageProxy()
+    try:
+        yield f"{base}/{name}", proxy
+    finally:
+        proxy.close()
+        postgres_server.drop(name)
+
+
+@pytest.mark.timeout(120)
+async def test_a_first_wait_during_an_outage_is_answered_once_it_ends(
+    proxied: tuple[str, OutageProxy],
+) -> None:
+    """The thread that follows results died when the database could not be
+    opened at a process's first wait, and was never started again: that wait
+    and every later one in the process hung."""
+    url, proxy = proxied
+    server = durably.App("first-wait", url)
+    client = durably.App("first-wait", proxy.url(url.rpartition("/")[2]))
+    double = _doubler(server)
+    _doubler(client)
+    try:
+        handle = await server.start(double, 21, id="waited")
+        proxy.cut()
+        waiting = asyncio.ensure_future(client.get_handle("waited").result())
+        await asyncio.sleep(1.0)
+        proxy.restore()
+        async with server.worker():
+            assert await asyncio.wait_for(waiting, 30) == 42
+        assert await client.get_handle(handle.id).result(timeout=10) == 42
+    finally:
+        client.close()
+        server.close()
