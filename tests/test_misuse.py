@@ -8,7 +8,9 @@ They run on both backends and are bounded to a few seconds each.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import enum
 from collections.abc import Callable
 from typing import Any
 
@@ -204,3 +206,35 @@ async def test_a_local_start_whose_write_failed_is_not_left_claimed(
         handle = await app.start(quick, 21, id="fallback")
         # Well within the 30 s lease a wrongly claimed run would sit out.
         assert await handle.result(timeout=10) == 42
+
+
+@dataclasses.dataclass
+class Order:
+    id: str
+    total: int
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+async def test_arguments_that_do_not_fit_their_types_are_refused_at_start(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """A dict missing a dataclass field (or an unknown enum value) was
+    accepted by ``app.start``; the run then failed with a raw TypeError that
+    named neither the argument nor the workflow."""
+    app = make_app()
+
+    @app.workflow()
+    async def ship(ctx: durably.Context, order: Order, color: Color = Color.RED) -> str:
+        return order.id
+
+    with pytest.raises(durably.PayloadError, match=r"workflow 'ship' do not fit .*total"):
+        await app.start(ship, {"id": "o1"})
+    with pytest.raises(durably.PayloadError, match=r"workflow 'ship' do not fit .*blue"):
+        await app.start(ship, Order("o1", 3), color="blue")
+    assert await app.list_runs() == []
+    handle = await app.start(ship, {"id": "o2", "total": 5})  # a dict that fits is fine
+    async with app.worker():
+        assert await handle.result(timeout=10) == "o2"

@@ -68,7 +68,7 @@ class WorkflowDef:
                 f"workflow {self.name!r} cannot be started with these arguments: {exc}"
             ) from None
         try:
-            return _serde.encode(
+            text = _serde.encode(
                 {"args": list(args), "kwargs": kwargs},
                 what=f"the arguments of workflow {self.name!r}",
                 limit=limit,
@@ -83,6 +83,17 @@ class WorkflowDef:
                 what = f"argument {key!r} of workflow {self.name!r}"
                 _serde.encode(value, what=what, limit=limit)
             raise
+        try:
+            # As the worker will read them: a value that does not fit its
+            # parameter's type (a dict missing a dataclass field, an unknown
+            # enum value) is refused now, not found when the run first runs.
+            self.decode_args(text)
+        except Exception as exc:  # noqa: BLE001 - whatever the type's own check raised
+            raise PayloadError(
+                f"the arguments of workflow {self.name!r} do not fit its parameters' "
+                f"types: {type(exc).__name__}: {exc}"
+            ) from None
+        return text
 
     def decode_args(self, text: str) -> tuple[list[Any], dict[str, Any]]:
         raw = _serde.loads(text) or {}

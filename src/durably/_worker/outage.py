@@ -6,6 +6,8 @@ import logging
 import threading
 import time
 
+from .._errors import DatabaseUnavailable
+
 log = logging.getLogger("durably.worker")
 
 
@@ -18,6 +20,11 @@ class Outage:
         self.failures = 0
 
     def failed(self, what: str, exc: BaseException) -> None:
+        if not isinstance(exc, DatabaseUnavailable):
+            # Not an outage (a bad value, a bug): saying "unreachable" would
+            # send the reader to the wrong place. Said each time, with why.
+            log.warning("%s failed: %s", what, exc, exc_info=exc)
+            return
         with self._lock:
             self.failures += 1
             first = self.since is None
