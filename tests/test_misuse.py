@@ -238,3 +238,39 @@ async def test_arguments_that_do_not_fit_their_types_are_refused_at_start(
     handle = await app.start(ship, {"id": "o2", "total": 5})  # a dict that fits is fine
     async with app.worker():
         assert await handle.result(timeout=10) == "o2"
+
+
+async def test_settings_are_checked_when_given(
+    make_app: Callable[..., durably.App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each was accepted and surfaced later: a raw TypeError from
+    ``result(timeout=timedelta)``, every payload refused with
+    ``max_payload_bytes=-1``, a busy loop with ``poll_interval=0``, runs that
+    never progressed with a lease of a microsecond, a plain ValueError for a
+    worker of no concurrency."""
+    for options, what in [
+        ({"max_payload_bytes": -1}, "max_payload_bytes"),
+        ({"poll_interval": 0}, "poll_interval"),
+        ({"suspend_after": float("nan")}, "suspend_after"),
+        ({"lease_seconds": 1e-6}, "at least"),
+    ]:
+        with pytest.raises(durably.ConfigurationError, match=what):
+            make_app(**options)
+    monkeypatch.setenv("DURABLY_LEASE_SECONDS", "0.000001")
+    with pytest.raises(durably.ConfigurationError, match="DURABLY_LEASE_SECONDS must be at"):
+        durably.App("env-lease", "sqlite:///never-opened.db")
+    monkeypatch.delenv("DURABLY_LEASE_SECONDS")
+    app = make_app()
+
+    @app.workflow()
+    async def quick(ctx: durably.Context) -> int:
+        return 1
+
+    with pytest.raises(durably.ConfigurationError, match="concurrency"):
+        async with app.worker(concurrency=0):
+            pass
+    async with app.worker():
+        handle = await app.start(quick)
+        assert await handle.result(timeout=dt.timedelta(seconds=10)) == 1
+    with pytest.raises(durably.ConfigurationError, match=r"result\(timeout=...\)"):
+        await handle.result(timeout="1")  # type: ignore[arg-type]

@@ -83,11 +83,20 @@ class App:
         self.name = name
         self.database_url = _config.database_url(database)
         self.lease_seconds = _config.lease_seconds(lease_seconds)
-        if suspend_after < 0:
-            raise ConfigurationError("App(suspend_after=...) must be >= 0 seconds")
-        self.suspend_after = float(suspend_after)
-        self.poll_interval = float(poll_interval)
-        self.max_payload_bytes = int(max_payload_bytes)
+        self.suspend_after = to_seconds(suspend_after, "App(suspend_after=...)")
+        self.poll_interval = to_seconds(poll_interval, "App(poll_interval=...)")
+        if self.poll_interval <= 0:
+            raise ConfigurationError(f"App(poll_interval=...) must be > 0, got {poll_interval!r}")
+        if (
+            not isinstance(max_payload_bytes, int)
+            or isinstance(max_payload_bytes, bool)
+            or max_payload_bytes < 0
+        ):
+            raise ConfigurationError(
+                "App(max_payload_bytes=...) must be a whole number of bytes >= 0 "
+                f"(0: no limit), got {max_payload_bytes!r}"
+            )
+        self.max_payload_bytes = max_payload_bytes
         self.clock: Callable[[], float] = time.time
         self._workflows: dict[str, WorkflowDef] = {}
         self._steps: dict[str, StepDef] = {}
@@ -585,6 +594,10 @@ class App:
 
     # -- workers -------------------------------------------------------------------
     def _make_worker(self, concurrency: int, *, inline: bool = False) -> Worker:
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise ConfigurationError(
+                f"worker concurrency must be a whole number >= 1, got {concurrency!r}"
+            )
         if not self._workflows:
             raise ConfigurationError(
                 f"app {self.name!r} has no workflows: register some with @app.workflow "

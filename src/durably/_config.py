@@ -26,6 +26,9 @@ def database_url(explicit: str | None = None) -> str:
     return url
 
 
+MIN_LEASE_SECONDS = 0.05
+
+
 def lease_seconds(explicit: float | None = None) -> float:
     if explicit is not None:
         value: object = explicit
@@ -46,4 +49,10 @@ def lease_seconds(explicit: float | None = None) -> float:
         or value <= 0
     ):
         raise ConfigurationError(f"{source} must be a positive number of seconds, not {value!r}")
+    if value < MIN_LEASE_SECONDS:
+        # Renewals and the check before each step could never keep such a
+        # lease: every run would stand still, taken over again and again.
+        raise ConfigurationError(
+            f"{source} must be at least {MIN_LEASE_SECONDS} seconds, not {value!r}"
+        )
     return float(value)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import TYPE_CHECKING, Any
 
 from . import _serde
+from ._checks import to_seconds
 from ._errors import ResultTimeout, RunNotFound, WorkflowCancelled, WorkflowFailed
 from ._storage.base import TERMINAL, RunRecord
 
@@ -32,15 +34,16 @@ class WorkflowHandle:
         """``pending``, ``running``, ``suspended``, ``completed``, ``failed`` or ``cancelled``."""
         return (await self._app._arecord(self.id)).status
 
-    async def result(self, timeout: float | None = None) -> Any:
+    async def result(self, timeout: float | dt.timedelta | None = None) -> Any:
         """Wait for the run to end and return its result.
 
         Raises :class:`WorkflowFailed` (carrying the original error's type,
         message and traceback), :class:`WorkflowCancelled`, or
         :class:`ResultTimeout` (a ``TimeoutError``) after ``timeout`` seconds.
         """
-        record = await self._app._await_terminal(self.id, timeout)
-        return self._outcome(record, timeout)
+        seconds = _seconds(timeout)
+        record = await self._app._await_terminal(self.id, seconds)
+        return self._outcome(record, seconds)
 
     async def cancel(self, reason: str = "cancelled") -> str:
         """Cancel the run and its children (see :meth:`App.cancel`)."""
@@ -60,9 +63,10 @@ class WorkflowHandle:
     def status_sync(self) -> str:
         return self._app._record(self.id).status
 
-    def result_sync(self, timeout: float | None = None) -> Any:
-        record = self._app._await_terminal_sync(self.id, timeout)
-        return self._outcome(record, timeout)
+    def result_sync(self, timeout: float | dt.timedelta | None = None) -> Any:
+        seconds = _seconds(timeout)
+        record = self._app._await_terminal_sync(self.id, seconds)
+        return self._outcome(record, seconds)
 
     # -- shared ------------------------------------------------------------
     def _outcome(self, record: RunRecord | None, timeout: float | None) -> Any:
@@ -91,3 +95,7 @@ class WorkflowHandle:
             message=message,
             traceback=error.get("traceback", ""),
         )
+
+
+def _seconds(timeout: float | dt.timedelta | None) -> float | None:
+    return None if timeout is None else to_seconds(timeout, "result(timeout=...)")
