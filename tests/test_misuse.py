@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import durably
+from durably._errors import DatabaseError
 from durably._worker.committer import CommitFailed
 
 
@@ -274,3 +275,49 @@ async def test_settings_are_checked_when_given(
         assert await handle.result(timeout=dt.timedelta(seconds=10)) == 1
     with pytest.raises(durably.ConfigurationError, match=r"result\(timeout=...\)"):
         await handle.result(timeout="1")  # type: ignore[arg-type]
+
+
+async def test_a_write_that_always_fails_ends_its_run_instead_of_looping(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """A step result the database refuses (a DataError, a constraint) failed
+    its commit; the run was handed back, replayed and the step run again,
+    without end. After a few failures in a row the run now fails, saying
+    why, and the step stops running."""
+    app = make_app()
+    storage = app.storage
+    calls: list[int] = []
+
+    def refuses(writes: Any) -> None:
+        for write in writes:
+            if any(e.name == "poison" for e in write.entries):
+                raise DatabaseError("value refused by the database (simulated)")
+
+    real_commit, real_nowait = storage.commit, storage.commit_nowait
+
+    def commit(worker_id: str, writes: Any, now: float) -> Any:
+        refuses(writes)
+        return real_commit(worker_id, writes, now)
+
+    def commit_nowait(worker_id: str, writes: Any, now: float) -> Any:
+        refuses(writes)
+        return real_nowait(worker_id, writes, now)
+
+    storage.commit = commit  # type: ignore[method-assign]
+    storage.commit_nowait = commit_nowait  # type: ignore[method-assign]
+
+    @app.step()
+    async def poison() -> int:
+        calls.append(1)
+        return 1
+
+    @app.workflow()
+    async def doomed(ctx: durably.Context) -> int:
+        return await poison()
+
+    async with app.worker() as worker:
+        worker.committer._writer = None  # PostgreSQL: every write through storage.commit
+        handle = await app.start(doomed)
+        with pytest.raises(durably.WorkflowFailed, match="could not journal this run"):
+            await handle.result(timeout=20)
+        assert len(calls) == 3

@@ -41,7 +41,12 @@ OUTAGE_PATIENCE = 300.0
 class CommitFailed(Exception):
     """A run's write failed, or its fate is unknown (the connection was lost
     after it was sent): either way its driver stops and the run is replayed,
-    which reads whatever did get written."""
+    which reads whatever did get written. ``outage`` tells the two apart: a
+    write that fails on its own error will fail again after the replay."""
+
+    def __init__(self, message: str, *, outage: bool = False) -> None:
+        super().__init__(message)
+        self.outage = outage
 
 
 class Committer:
@@ -124,7 +129,7 @@ class Committer:
                 return await fut
             # Whether it committed is unknown: the run is dropped and replayed.
             self._outage.failed("commit of 1 write", exc)
-            result = CommitFailed(str(exc))
+            result = CommitFailed(str(exc), outage=True)
         except Exception as exc:  # noqa: BLE001 - handed to the waiting driver
             log.warning("commit of run %s failed: %s", write.run_id, exc)
             result = CommitFailed(str(exc))
@@ -177,7 +182,7 @@ class Committer:
             result = self._commit_riding_out_outages(batch)
         except DatabaseUnavailable as exc:
             self._outage.failed(f"commit of {len(batch)} writes", exc)
-            result = CommitFailed(str(exc))
+            result = CommitFailed(str(exc), outage=True)
         except Exception as exc:  # noqa: BLE001 - handed to the waiting drivers
             if len(batch) > 1:
                 # One bad write must not sink the others: try each on its own

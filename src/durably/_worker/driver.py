@@ -59,6 +59,11 @@ class WorkflowSpec(Protocol):
     ) -> Instance: ...
 
 
+# Failed writes of one run, each on its own error (not an outage), before the
+# run is failed instead of replayed once more.
+UNWRITABLE_AFTER = 3
+
+
 class LeaseLost(Exception):
     """Another worker took the run over; this driver must stop touching it."""
 
@@ -190,10 +195,12 @@ class RunDriver:
         except DatabaseUnavailable as exc:
             failed = True  # said once for the whole outage, not once per run
             self.worker.outage.failed(f"run {self.run_id}", exc)
-        except CommitFailed:
+        except CommitFailed as exc:
             # The committer already said why (an outage, or this write's own
             # error): saying "unreachable" here misnamed a bad write.
             failed = True
+            if not exc.outage and self.worker.write_failed(self.run_id):
+                failed = not await self._fail_unwritable(exc)
         except Exception as exc:  # keep the worker alive
             failed = True
             log.warning("run %s: driver stopped: %s", self.run_id, exc, exc_info=True)
@@ -415,6 +422,25 @@ class RunDriver:
             for record in await self.worker.io(storage.get_runs, children):
                 self.offer_child(record)
 
+    async def _fail_unwritable(self, exc: CommitFailed) -> bool:
+        """This run's writes failed on their own error, again and again: each
+        replay would run the same steps again and fail the same way. It ends
+        failed, saying why (False if even that cannot be written)."""
+        error = describe_exception(exc)
+        error["type"] = "DatabaseError"
+        error["message"] = (
+            f"durably could not journal this run's progress ({UNWRITABLE_AFTER} "
+            f"times in a row, its steps run again each time): {exc}"
+        )
+        outcome = Outcome("failed", error=error)
+        try:
+            await self._write(RunWrite(self.run_id, self.epoch, [], _ended(outcome)))
+        except Exception:  # noqa: BLE001 - then it is handed back, as before
+            return False
+        log.error("run %s failed: %s", self.run_id, error["message"])
+        self.worker.run_ended(self.run_id, self._final(outcome))
+        return True
+
     async def _pin(self) -> None:
         """Newer code diverged from a run started on an older version: leave it
         to workers that still have that version (semantic 8), never fail it."""
@@ -542,6 +568,8 @@ class RunDriver:
         accepted = await self.worker.committer.submit(write)
         if not accepted:
             raise LeaseLost()
+        if self.worker.write_failures:
+            self.worker.write_failures.pop(self.run_id, None)
         if write.update is not None:
             if write.update.status is not None:
                 self._status = write.update.status

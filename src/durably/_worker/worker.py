@@ -40,7 +40,7 @@ from .._storage.base import (
     Storage,
 )
 from .committer import CommitFailed, Committer, InlineCommitter
-from .driver import RunDriver, WorkflowSpec
+from .driver import UNWRITABLE_AFTER, RunDriver, WorkflowSpec
 from .outage import Outage
 
 log = logging.getLogger("durably.worker")
@@ -98,6 +98,8 @@ class Worker:
         self._watching: set[str] = set()
         self._subscribe_local = subscribe_local
         self.drivers: dict[str, RunDriver] = {}
+        # Consecutive writes of a run that failed on their own error (not an outage).
+        self.write_failures: dict[str, int] = {}
         self.waiting_parents: set[str] = set()  # runs here that wait on a child
         self.outage = Outage()
         self._claiming: asyncio.Future[list[RunRecord]] | None = None
@@ -208,6 +210,17 @@ class Worker:
         if self.inline:
             return fn(*args)
         return await self.loop.run_in_executor(self.io_threads, fn, *args)
+
+    def write_failed(self, run_id: str) -> bool:
+        """Count a write of ``run_id`` that failed on its own error; True once
+        that has happened often enough in a row that replaying it again is
+        pointless (its driver then fails the run)."""
+        count = self.write_failures.get(run_id, 0) + 1
+        self.write_failures[run_id] = count
+        if count < UNWRITABLE_AFTER:
+            return False
+        del self.write_failures[run_id]
+        return True
 
     def driver_done(self, driver: RunDriver, *, release: bool = False) -> None:
         """A driver ended; ``release`` hands its run back (it failed unexpectedly)."""
