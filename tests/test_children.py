@@ -112,3 +112,35 @@ async def test_child_arguments_are_checked_when_it_is_started(
     async with app.worker():
         with pytest.raises(durably.WorkflowFailed, match="argument 'value' of workflow 'child'"):
             await (await app.start(parent)).result(timeout=20)
+
+
+async def test_a_child_id_that_is_the_run_itself_or_its_parent_fails_the_child(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """A child started with its parent's own id (or its grandparent's)
+    attached to that run, and both waited for each other forever."""
+    app = make_app()
+
+    @app.workflow()
+    async def selfish(ctx: durably.Context) -> str:
+        try:
+            return str(await ctx.child(selfish, id=ctx.run_id))
+        except durably.ChildFailed as exc:
+            return exc.message
+
+    @app.workflow()
+    async def inner(ctx: durably.Context, parent: str) -> str:
+        return str(await ctx.child(outer, id=parent))
+
+    @app.workflow()
+    async def outer(ctx: durably.Context) -> str:
+        try:
+            return str(await ctx.child(inner, ctx.run_id, id=f"{ctx.run_id}-inner"))
+        except durably.ChildFailed as exc:
+            return exc.message
+
+    async with app.worker():
+        own = await (await app.start(selfish, id="me")).result(timeout=10)
+        assert "this run's own id" in own, own
+        cycle = await (await app.start(outer, id="top")).result(timeout=10)
+        assert "the id of this run's parent" in cycle, cycle

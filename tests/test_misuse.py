@@ -321,3 +321,44 @@ async def test_a_write_that_always_fails_ends_its_run_instead_of_looping(
         with pytest.raises(durably.WorkflowFailed, match="could not journal this run"):
             await handle.result(timeout=20)
         assert len(calls) == 3
+
+
+async def test_durable_operations_in_the_wrong_place_say_where_to_call_them(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """``ctx.run`` inside a step was reported as a NonDeterminismError on the
+    very first run; ``app.start`` inside workflow code failed the run with a
+    message about non-durable awaits."""
+    app = make_app()
+    holder: dict[str, durably.Context] = {}
+
+    def noop() -> None: ...
+
+    @app.step(retry=durably.Retry(max_attempts=1))
+    async def nested() -> None:
+        await holder["ctx"].run("inner", noop)
+
+    @app.workflow()
+    async def step_in_step(ctx: durably.Context) -> str:
+        holder["ctx"] = ctx
+        try:
+            await nested()
+        except durably.StepFailed as exc:
+            return exc.message
+        return "no error"
+
+    @app.workflow()
+    async def target(ctx: durably.Context) -> int:
+        return 1
+
+    @app.workflow()
+    async def starts_directly(ctx: durably.Context) -> str:
+        handle = await app.start(target)
+        return handle.id
+
+    async with app.worker():
+        said = await (await app.start(step_in_step)).result(timeout=10)
+        assert "ctx.run() was called from inside a step" in said, said
+        handle = await app.start(starts_directly)
+        with pytest.raises(durably.WorkflowFailed, match=r"use ctx.child\(...\)"):
+            await handle.result(timeout=10)

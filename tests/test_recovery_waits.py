@@ -408,10 +408,14 @@ def test_deadline_passing_while_no_worker_runs_cancels_on_the_next_worker(
 
 def test_deadline_is_never_early_with_a_live_worker(workers: Workers, database_url: str) -> None:
     app = client(database_url)
+    workers.spawn(APP)
+    # The worker is up (a process start can take longer than the deadline on
+    # a loaded machine): the run below is claimed well before its deadline.
+    warm = app.start_sync("cancel_in_sleep", 0.01, id="dl-2-warm-up")
+    assert warm.result_sync(timeout=RESULT_TIMEOUT) == "not cancelled"
     handle = app.start_sync("deadlined", id="dl-2", deadline=1.5)
     record = app.storage.get_run("dl-2")
     assert record is not None and record.deadline is not None
-    workers.spawn(APP)
     with pytest.raises(durably.WorkflowCancelled):
         handle.result_sync(timeout=RESULT_TIMEOUT)
     cancel = entries(app, "dl-2", "cancel")[0]

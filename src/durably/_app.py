@@ -19,6 +19,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from . import _config, _serde
 from ._batching import Batcher
 from ._checks import RUN_ID_LIMIT, check_name, step_options, to_seconds
+from ._engine.instance import current_instance
 from ._errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -340,6 +341,13 @@ class App:
         run_id: str | None,
         deadline: float | dt.timedelta | None = None,
     ) -> NewRun:
+        running = current_instance.get()
+        if running is not None:
+            raise ConfigurationError(
+                f"app.start() was called from the code of workflow {running.workflow!r} "
+                f"(run {running.run_id!r}), where it would not be journaled; use "
+                "ctx.child(...) or ctx.start_child(...) there (a step may call app.start)"
+            )
         definition = self._definition(workflow)
         seconds = (
             to_seconds(deadline, "start(..., deadline=...)")

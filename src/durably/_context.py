@@ -52,6 +52,15 @@ class Context:
         self._instance = instance
         self._resolve = resolve
 
+    def _not_in_step(self, what: str) -> None:
+        key = current_step_key.get()
+        if key is not None:
+            raise ConfigurationError(
+                f"{what}() was called from inside a step (step key {key!r}): a step's "
+                "code is not journaled, so it cannot do durable operations. Call it "
+                "from the workflow, or call the other step's function directly"
+            )
+
     @property
     def run_id(self) -> str:
         """The id of this run (the workflow id it was started with)."""
@@ -84,6 +93,7 @@ class Context:
         ``fn`` again. ``retry`` and ``timeout`` are reserved keywords (not
         passed to ``fn``); wrap ``fn`` in a lambda to pass those names.
         """
+        self._not_in_step("ctx.run")
         check_name(name, "ctx.run(name, fn, ...): name")
         if not callable(fn):
             raise ConfigurationError(f"ctx.run({name!r}, fn): fn must be callable, got {fn!r}")
@@ -97,6 +107,7 @@ class Context:
 
         The run is suspended (no memory, no thread) and wakes on any worker.
         """
+        self._not_in_step("ctx.sleep")
         if duration is None and not isinstance(name, str):
             label, duration = "sleep", name
         elif isinstance(name, str) and duration is not None:
@@ -109,6 +120,7 @@ class Context:
 
     def sleep_until(self, name: str, when: dt.datetime) -> Any:
         """Sleep durably until ``when`` (an aware datetime)."""
+        self._not_in_step("ctx.sleep_until")
         if not isinstance(when, dt.datetime) or when.tzinfo is None:
             raise ConfigurationError(
                 f"ctx.sleep_until({name!r}, when): when must be a timezone-aware datetime"
@@ -123,6 +135,7 @@ class Context:
         ``TimeoutError``) when ``timeout`` passes first; without a timeout it
         waits forever, suspended.
         """
+        self._not_in_step("ctx.wait_for")
         check_name(topic, "ctx.wait_for(topic): topic")
         instance = self._instance
         deadline = None
@@ -132,6 +145,7 @@ class Context:
 
     def set_event(self, key: str, value: Any) -> None:
         """Publish ``value`` under ``key``; ``app.get_event(run_id, key)`` reads the latest."""
+        self._not_in_step("ctx.set_event")
         check_name(key, "ctx.set_event(key, value): key")
         text = _serde.encode(value, what=f"event {key!r}", limit=self._instance.info.payload_limit)
         self._instance.set_event(key, text, caller_location())
@@ -149,6 +163,7 @@ class Context:
         self, workflow: Any, *args: Any, id: str | None = None, **kwargs: Any
     ) -> ChildHandle:
         """Start a child run now and collect its result later (fan out with gather)."""
+        self._not_in_step("ctx.start_child")
         if self._resolve is None:
             raise ConfigurationError("this context cannot start child workflows")
         definition = self._resolve(workflow)
@@ -173,6 +188,7 @@ class Context:
 
     def now(self) -> dt.datetime:
         """The current time (UTC, timezone-aware), journaled."""
+        self._not_in_step("ctx.now")
         stamp = self._instance.record_value(
             "now", Kind.NOW, self._instance.clock, caller_location()
         )
@@ -180,12 +196,14 @@ class Context:
 
     def random(self) -> float:
         """A random float in [0, 1), journaled."""
+        self._not_in_step("ctx.random")
         return float(
             self._instance.record_value("random", Kind.RANDOM, _random.random, caller_location())
         )
 
     def uuid4(self) -> _uuid.UUID:
         """A random UUID, journaled."""
+        self._not_in_step("ctx.uuid4")
         text = self._instance.record_value(
             "uuid", Kind.UUID, lambda: str(_uuid.uuid4()), caller_location()
         )

@@ -158,7 +158,9 @@ class RunDriver:
         known = self._children.get(record.id)
         if known is None:
             return
-        if record.workflow != known[1]:  # the id was taken by a run of another workflow
+        if record.workflow != known[1] or record.id in (self.run_id, self.record.parent_id):
+            # The id was taken by a run of another workflow, or is this run's
+            # own or its parent's: waiting for it would never end.
             self._post("child_done", record)
         elif record.status in TERMINAL:
             self._post("child_done", record)
@@ -296,7 +298,7 @@ class RunDriver:
             if known is not None:
                 position, name = known
                 fault("child.done", name)
-                payload = _child_payload(record, name)
+                payload = _child_payload(record, name, self.record)
                 entry = Entry(position, Kind.CHILD_DONE, name, payload, None, self._clock())
                 await self._complete(entry, batch)
         elif kind == "attempt":
@@ -761,9 +763,17 @@ def _ended(outcome: Outcome) -> RunUpdate:
     return RunUpdate(status=outcome.status, result=outcome.result, error=error, release=True)
 
 
-def _child_payload(record: RunRecord, workflow: str) -> str:
+def _child_payload(record: RunRecord, workflow: str, parent: RunRecord) -> str:
     info: dict[str, Any] = {"id": record.id, "status": record.status}
-    if record.workflow != workflow:
+    if record.id in (parent.id, parent.parent_id):
+        whose = "this run's own id" if record.id == parent.id else "the id of this run's parent"
+        info["status"] = "failed"
+        info["error"] = {
+            "type": "ConfigurationError",
+            "message": f"child id {record.id!r} is {whose}: waiting for it would never "
+            "end; choose another id",
+        }
+    elif record.workflow != workflow:
         info["status"] = "failed"
         info["error"] = {
             "type": "ConfigurationError",
