@@ -362,3 +362,23 @@ async def test_durable_operations_in_the_wrong_place_say_where_to_call_them(
         handle = await app.start(starts_directly)
         with pytest.raises(durably.WorkflowFailed, match=r"use ctx.child\(...\)"):
             await handle.result(timeout=10)
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")
+async def test_a_missing_await_is_named_as_such(make_app: Callable[..., durably.App]) -> None:
+    """A workflow returning a step's result without awaiting it failed with
+    "Object of type coroutine is not JSON serializable"."""
+    app = make_app()
+
+    @app.step()
+    async def triple(x: int) -> int:
+        return x * 3
+
+    @app.workflow()
+    async def forgot(ctx: durably.Context) -> int:
+        return triple(2)  # type: ignore[return-value]
+
+    async with app.worker():
+        handle = await app.start(forgot)
+        with pytest.raises(durably.WorkflowFailed, match="an `await` is missing"):
+            await handle.result(timeout=10)

@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import inspect
 import json
 import types
 import typing
@@ -45,6 +46,11 @@ def _default(value: Any) -> Any:
         return base64.b64encode(bytes(value)).decode("ascii")
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=repr)
+    if inspect.isawaitable(value):
+        raise TypeError(
+            f"it holds a {type(value).__name__}, not a value: an `await` is missing "
+            "(a step or durable operation called without awaiting it)"
+        )
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
