@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from durably._engine.journal import Entry
+from durably._errors import DatabaseError
 from durably._storage import open_storage
 from durably._storage.base import NewRun, RunFilter, RunUpdate, RunWrite, Storage
 
@@ -988,3 +989,16 @@ def test_connections_of_finished_threads_are_closed(tmp_path: Path) -> None:
     finally:
         store.close()
     assert open_files() == 0
+
+
+def test_listening_on_a_closed_storage_is_refused(database_url: str) -> None:
+    """A subscription made after close (a waiter that raced it) used to start
+    a listening thread, and on PostgreSQL a connection, for a closed storage."""
+    store = open_storage(database_url)
+    store.migrate()
+    store.close()
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(DatabaseError, match="closed"):
+        store.subscribe(lambda channel, payload: None)
+    started = {t.name for t in threading.enumerate()} - before
+    assert not started, started

@@ -75,9 +75,12 @@ class Listeners:
         self._listeners: list[Listener] = []
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._closed = False
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         with self._lock:
+            if self._closed:  # its storage is closed: no thread (or connection) for it
+                raise DatabaseError("storage is closed")
             self._listeners.append(listener)
             # A thread told to stop may still be alive: it will not come back.
             if self._thread is None or not self._thread.is_alive() or self._stop.is_set():
@@ -113,6 +116,7 @@ class Listeners:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._listeners.clear()
             self._stop.set()
             thread = self._thread
