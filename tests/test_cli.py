@@ -511,6 +511,26 @@ def test_a_missing_dependency_of_the_user_module_is_named(tmp_path: Path) -> Non
     assert "cannot import module 'flows_with_missing_dep'" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("source", "needles"),
+    [
+        (
+            "import durably\napp = durably.App('x')\nraise RuntimeError('config missing')\n",
+            ["RuntimeError: config missing", 'flows_broken.py", line 3'],
+        ),
+        ("def broken(:\n    pass\n", ["SyntaxError", "flows_broken.py"]),
+    ],
+)
+def test_a_user_module_that_fails_to_import_is_a_clear_error(
+    source: str, needles: list[str], tmp_path: Path
+) -> None:
+    """Its own exception, and where in the user's code, without a traceback
+    through durably's and importlib's frames."""
+    (tmp_path / "flows_broken.py").write_text(source)
+    proc = run_cli("check", "flows_broken:app", cwd=tmp_path, timeout=15)
+    assert_clean_error(proc, "importing 'flows_broken' (from 'flows_broken:app') raised", *needles)
+
+
 # -- signal and cancel ---------------------------------------------------------------
 
 

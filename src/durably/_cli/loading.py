@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
 
 import click
 
@@ -31,6 +32,16 @@ def load_app(ref: str, database: str | None) -> App:
         raise click.UsageError(
             f"importing {module_name!r} failed: {exc}; is that package installed in this "
             f"environment ({sys.executable})?"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - the module's own code failed
+        # Where in the user's code, without the import machinery's frames.
+        frames = [
+            f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename
+        ]
+        where = "".join(traceback.format_list(frames[-3:]))
+        what = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        raise click.ClickException(
+            f"importing {module_name!r} (from {ref!r}) raised {what}\n{where}".rstrip()
         ) from None
     app = getattr(module, attribute, None)
     if not isinstance(app, App):
