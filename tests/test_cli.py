@@ -529,6 +529,7 @@ def test_a_user_module_that_fails_to_import_is_a_clear_error(
     (tmp_path / "flows_broken.py").write_text(source)
     proc = run_cli("check", "flows_broken:app", cwd=tmp_path, timeout=15)
     assert_clean_error(proc, "importing 'flows_broken' (from 'flows_broken:app') raised", *needles)
+    assert "loading.py" not in proc.stderr, proc.stderr
 
 
 # -- signal and cancel ---------------------------------------------------------------

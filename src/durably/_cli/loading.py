@@ -36,7 +36,9 @@ def load_app(ref: str, database: str | None) -> App:
     except Exception as exc:  # noqa: BLE001 - the module's own code failed
         # Where in the user's code, without the import machinery's frames.
         frames = [
-            f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename
+            f
+            for f in traceback.extract_tb(exc.__traceback__)
+            if "importlib" not in f.filename and f.filename != __file__
         ]
         where = "".join(traceback.format_list(frames[-3:]))
         what = "".join(traceback.format_exception_only(type(exc), exc)).strip()
