@@ -144,3 +144,29 @@ async def test_a_child_id_that_is_the_run_itself_or_its_parent_fails_the_child(
         assert "this run's own id" in own, own
         cycle = await (await app.start(outer, id="top")).result(timeout=10)
         assert "the id of this run's parent" in cycle, cycle
+
+
+async def test_two_children_with_one_id_are_refused(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """The second child with the same id replaced the first in the worker's
+    memory: the run waited for the first forever (and failed with a message
+    about non-durable awaits)."""
+    app = make_app()
+
+    @app.workflow()
+    async def leaf(ctx: durably.Context, x: int) -> int:
+        return x
+
+    @app.workflow()
+    async def twins(ctx: durably.Context) -> str:
+        first = ctx.start_child(leaf, 1, id="twin")
+        try:
+            ctx.start_child(leaf, 2, id="twin")
+        except durably.ConfigurationError as exc:
+            return f"{await first} {exc}"
+        return "no error"
+
+    async with app.worker():
+        said = await (await app.start(twins)).result(timeout=10)
+        assert said.startswith("1 child id 'twin' is already used"), said

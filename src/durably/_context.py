@@ -169,6 +169,11 @@ class Context:
         definition = self._resolve(workflow)
         if id is not None:
             check_name(id, "ctx.start_child(..., id=): id", RUN_ID_LIMIT, PayloadError)
+            if id in self._instance.child_ids:
+                raise ConfigurationError(
+                    f"child id {id!r} is already used by another child of this run; "
+                    "each child needs an id of its own"
+                )
         limit = self._instance.info.payload_limit
         spec = ChildSpec(
             workflow=definition.name,

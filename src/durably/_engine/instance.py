@@ -155,6 +155,7 @@ class Instance:
         self.commands: list[Command] = []
         self._next_position = 0
         self._result_types: dict[int, Any] = {}
+        self.child_ids: set[str] = set()  # of the children this run started
         self._names: dict[int, str] = {}
         self.cancel_reason: str | None = None  # cancellation asked for
         self.cancel_delivered = False  # CancelledError raised in the code
@@ -363,6 +364,7 @@ class Instance:
                 Entry(position, Kind.CHILD, spec.workflow, payload, loc, self.clock())
             )
             self.commands.append(ChildCall(position, child_id, spec.workflow, spec))
+        self.child_ids.add(child_id)
         return position, child_id, done
 
     def _pending(self, position: int, recorded: Entry | None) -> Any:
