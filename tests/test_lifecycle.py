@@ -148,3 +148,32 @@ async def test_a_first_wait_during_an_outage_is_answered_once_it_ends(
     finally:
         client.close()
         server.close()
+
+
+def test_a_wait_on_a_database_that_cannot_be_used_says_why(tmp_path: Path) -> None:
+    """A wait without a timeout on a database durably cannot use (a file that
+    is not durably's) waited forever, saying nothing: only an outage is worth
+    waiting out."""
+    import sqlite3
+
+    foreign = tmp_path / "theirs.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    app = durably.App("foreign", f"sqlite:///{foreign}")
+    outcome: list[BaseException | object] = []
+
+    def wait() -> None:
+        try:
+            outcome.append(app.get_handle("r1").result_sync())
+        except BaseException as exc:  # noqa: BLE001 - what it said is the point
+            outcome.append(exc)
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    thread.join(10)
+    try:
+        assert not thread.is_alive(), "still waiting"
+        assert isinstance(outcome[0], durably.DatabaseError), outcome
+        assert "did not create" in str(outcome[0])
+    finally:
+        app.close()

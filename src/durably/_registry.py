@@ -83,16 +83,9 @@ class WorkflowDef:
                 what = f"argument {key!r} of workflow {self.name!r}"
                 _serde.encode(value, what=what, limit=limit)
             raise
-        try:
-            # As the worker will read them: a value that does not fit its
-            # parameter's type (a dict missing a dataclass field, an unknown
-            # enum value) is refused now, not found when the run first runs.
-            self.decode_args(text)
-        except Exception as exc:  # noqa: BLE001 - whatever the type's own check raised
-            raise PayloadError(
-                f"the arguments of workflow {self.name!r} do not fit its parameters' "
-                f"types: {type(exc).__name__}: {exc}"
-            ) from None
+        # Not decoded here as the worker will: that would run the parameter
+        # types' own code (a dataclass's __post_init__, validators) in the
+        # caller's process, where it may not be able to run.
         return text
 
     def decode_args(self, text: str) -> tuple[list[Any], dict[str, Any]]:
@@ -126,7 +119,13 @@ class WorkflowDef:
         loop: asyncio.AbstractEventLoop,
         executor: Executor,
     ) -> Instance:
-        args, kwargs = self.decode_args(args_text)
+        try:
+            args, kwargs = self.decode_args(args_text)
+        except Exception as exc:
+            raise PayloadError(
+                f"the arguments of workflow {self.name!r} do not fit its parameters' "
+                f"types: {type(exc).__name__}: {exc}"
+            ) from exc
         fn = self.fn
         instance: Instance
         if self.is_async:

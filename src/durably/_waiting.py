@@ -249,9 +249,20 @@ class RunWatcher:
                 for subscribe in self._sources:
                     unsubscribe.append(subscribe(self._on_change))
                 return unsubscribe
-            except Exception:  # noqa: BLE001 - e.g. DatabaseUnavailable: wait it out
+            except DatabaseUnavailable:  # an outage: wait it out
                 for stop in unsubscribe:
                     stop()
+            except Exception as exc:  # noqa: BLE001 - it would fail every time
+                # (a file that is not durably's, a bad URL): every waiter hears
+                # why, and the next wait tries again.
+                for stop in unsubscribe:
+                    stop()
+                with self._lock:
+                    waiting = list(self._futures)
+                    self._thread = None
+                for run_id in waiting:
+                    self._settle(run_id, None, functools.partial(_copy_error, exc))
+                return None
             with self._lock:
                 if self._closed:
                     return None

@@ -965,32 +965,6 @@ def test_closing_while_other_threads_query_neither_crashes_nor_misleads(
     assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])
 
 
-def test_connections_of_finished_threads_are_closed(tmp_path: Path) -> None:
-    """SQLite gives each thread its own connection; threads come and go (a
-    worker's executors, started and stopped with it), and their connections
-    must not stay open until the app closes."""
-    db = tmp_path / "threads.db"
-    store = open_storage(f"sqlite:///{db}")
-    store.migrate()
-
-    def open_files() -> int:
-        fds = Path("/proc/self/fd")
-        return sum(1 for fd in fds.iterdir() if str(fd.resolve()).startswith(str(db)))
-
-    try:
-        one = open_files()  # this thread's connection (the file, its WAL, ...)
-        for _ in range(30):
-            thread = threading.Thread(target=store.get_run, args=("r-none",))
-            thread.start()
-            thread.join()
-        # Each new thread's first query closed the connections of those before
-        # it: this thread's and the last thread's are open.
-        assert open_files() <= 2 * one, (open_files(), one)
-    finally:
-        store.close()
-    assert open_files() == 0
-
-
 def test_listening_on_a_closed_storage_is_refused(database_url: str) -> None:
     """A subscription made after close (a waiter that raced it) used to start
     a listening thread, and on PostgreSQL a connection, for a closed storage."""

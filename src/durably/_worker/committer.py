@@ -107,6 +107,12 @@ class Committer:
         try:
             fault("commit.before")
             lost = self._storage.commit_nowait(self._worker_id, [write], self._clock())
+        except DatabaseUnavailable as exc:
+            if not exc.reached:
+                return None  # nothing written: the thread takes it, with its patience
+            self._outage.failed("commit of 1 write", exc)
+            self._answer_here(write, fut, CommitFailed(str(exc), outage=True))
+            return fut
         except Exception as exc:  # noqa: BLE001 - as on the thread: the run is dropped
             log.warning("commit of run %s failed: %s", write.run_id, exc)
             self._answer_here(write, fut, CommitFailed(str(exc)))
@@ -278,6 +284,8 @@ class InlineCommitter:
         result: set[str] | BaseException
         try:
             result = self._storage.commit(self._worker_id, [w for w, _ in batch], self._clock())
+        except DatabaseUnavailable as exc:
+            result = CommitFailed(str(exc), outage=True)
         except Exception as exc:  # noqa: BLE001 - handed to the waiting drivers
             result = CommitFailed(str(exc))
         if self.dead:  # the worker "crashed" during this commit

@@ -226,6 +226,8 @@ class Worker:
         """A driver ended; ``release`` hands its run back (it failed unexpectedly)."""
         if self.drivers.get(driver.run_id) is driver:
             del self.drivers[driver.run_id]
+        if not release and self.write_failures:
+            self.write_failures.pop(driver.run_id, None)  # ended or handed on: a fresh count
         if release and not self._stopping:
             self.loop.create_task(self._release_quietly(driver.run_id))
         if self._starved and not self._stopping:

@@ -1,8 +1,6 @@
 """SQLite backend: one file, WAL, several processes.
 
-Each thread gets its own connection, used only under its own lock, so that
-closing the storage from one thread waits for a query another thread is
-running on it instead of freeing the connection under it. Writes run in ``BEGIN IMMEDIATE``
+Each thread gets its own connection (see ``connections.py``). Writes run in ``BEGIN IMMEDIATE``
 transactions so that SQLite's busy handler (not an error) arbitrates between
 processes; anything that still reports "locked" or "busy" is retried here
 with backoff, so ``database is locked`` never reaches the user.
@@ -54,27 +52,14 @@ from ..common import (
     wake_missed,
 )
 from . import queries as q
+from .connections import ConnectionClosed, Connections
 
 T = TypeVar("T")
 
 
-class _Slot:
-    """A thread's connection and the lock it is used under."""
-
-    __slots__ = ("closed", "conn", "lock", "thread")
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.lock = threading.Lock()
-        self.closed = False
-        self.thread = threading.current_thread()
-
-    def close(self) -> None:
-        with self.lock:  # after the query another thread may be running on it
-            self.closed = True
-            with contextlib.suppress(Exception):
-                self.conn.close()
-
+_SQLITE_IOERR = 10
+# Primary result codes of trouble with the disk or file system, not the data.
+_ENVIRONMENT = frozenset({_SQLITE_IOERR, 13, 14})  # IOERR, FULL, CANTOPEN
 
 _SYNC_MODES = {"off": "OFF", "normal": "NORMAL", "full": "FULL", "extra": "EXTRA"}
 _CHUNK = 500
@@ -118,37 +103,11 @@ class SQLiteStorage(Storage):
                 f"{url!r}: unknown option(s) {sorted(options)}; SQLite URLs accept "
                 "synchronous=full|normal"
             )
-        self._local = threading.local()
-        self._all: list[_Slot] = []
-        self._lock = threading.Lock()
-        self._closed = False
+        self._connections = Connections(self._connect)
         self._listeners = Listeners("durably-sqlite-poll", self._poll_loop)
 
     # -- connections -------------------------------------------------------
-    def _slot(self) -> _Slot:
-        slot: _Slot | None = getattr(self._local, "slot", None)
-        if slot is None:
-            slot = _Slot(self._connect())
-            with self._lock:
-                if self._closed:  # closed while it was connecting
-                    slot.conn.close()
-                    raise self._closed_error()
-                # Threads come and go (executors, listeners): their connections
-                # go with them rather than stay open until close().
-                gone = [s for s in self._all if not s.thread.is_alive()]
-                self._all = [s for s in self._all if s.thread.is_alive()]
-                self._all.append(slot)
-            for old in gone:
-                old.close()
-            self._local.slot = slot
-        return slot
-
-    def _closed_error(self) -> DatabaseError:
-        return DatabaseError(f"{self.url}: storage is closed")
-
     def _connect(self) -> sqlite3.Connection:
-        if self._closed:
-            raise self._closed_error()
         folder = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(folder):
             raise DatabaseError(
@@ -180,11 +139,7 @@ class SQLiteStorage(Storage):
 
     def close(self) -> None:
         self._listeners.close()
-        with self._lock:
-            self._closed = True
-            slots, self._all = self._all, []
-        for slot in slots:
-            slot.close()
+        self._connections.close()
 
     def _retry(self, fn: Callable[[sqlite3.Connection], T], *, patient: bool = True) -> T:
         """Run ``fn`` (one statement or transaction), riding out contention
@@ -193,13 +148,21 @@ class SQLiteStorage(Storage):
         delay = 0.0005
         while True:
             try:
-                slot = self._slot()
-                with slot.lock:
-                    if slot.closed:
-                        raise self._closed_error()
-                    return self._once(slot.conn, fn)
+                with self._connections.use() as conn:
+                    return self._once(conn, fn)
+            except ConnectionClosed:
+                raise DatabaseError(f"{self.url}: storage is closed") from None
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
+                    primary = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+                    if primary in _ENVIRONMENT:
+                        # The disk, not the data: like an outage, it can pass
+                        # (space freed, a file system back). A full disk or a
+                        # file that cannot be opened wrote nothing; an I/O error
+                        # mid-commit leaves the commit's fate unknown.
+                        raise DatabaseUnavailable(
+                            f"{self.url}: {exc}", reached=primary == _SQLITE_IOERR
+                        ) from exc
                     raise DatabaseError(f"{self.url}: {exc}") from exc
                 if not patient:
                     raise _Busy() from exc
