@@ -25,6 +25,21 @@ def _doubler(app: durably.App) -> Callable[..., object]:
     return double
 
 
+def _result_in_thread(app: durably.App, run_id: str) -> tuple[threading.Thread, list[object]]:
+    """``result_sync()`` without a timeout in a thread; what it returned or raised."""
+    outcome: list[object] = []
+
+    def wait() -> None:
+        try:
+            outcome.append(app.get_handle(run_id).result_sync())
+        except BaseException as exc:  # noqa: BLE001 - what it said is the point
+            outcome.append(exc)
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
 async def test_a_wait_for_a_result_ends_when_the_app_is_closed(
     make_app: Callable[..., durably.App],
 ) -> None:
@@ -34,16 +49,7 @@ async def test_a_wait_for_a_result_ends_when_the_app_is_closed(
     double = _doubler(app)
     handle = await app.start(double, 21, id="never-run")  # no worker: it stays pending
     waiting = asyncio.ensure_future(handle.result())
-    blocked: list[BaseException | int] = []
-
-    def wait_sync() -> None:
-        try:
-            blocked.append(app.get_handle("never-run").result_sync())
-        except BaseException as exc:  # noqa: BLE001 - what it said is the point
-            blocked.append(exc)
-
-    thread = threading.Thread(target=wait_sync)
-    thread.start()
+    thread, blocked = _result_in_thread(app, "never-run")
     await asyncio.sleep(0.3)
     app.close()
     with pytest.raises(durably.DurablyError, match="closed while waiting for run 'never-run'"):
@@ -160,16 +166,7 @@ def test_a_wait_on_a_database_that_cannot_be_used_says_why(tmp_path: Path) -> No
     with sqlite3.connect(foreign) as conn:
         conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
     app = durably.App("foreign", f"sqlite:///{foreign}")
-    outcome: list[BaseException | object] = []
-
-    def wait() -> None:
-        try:
-            outcome.append(app.get_handle("r1").result_sync())
-        except BaseException as exc:  # noqa: BLE001 - what it said is the point
-            outcome.append(exc)
-
-    thread = threading.Thread(target=wait, daemon=True)
-    thread.start()
+    thread, outcome = _result_in_thread(app, "r1")
     thread.join(10)
     try:
         assert not thread.is_alive(), "still waiting"
