@@ -117,8 +117,8 @@ async def test_child_arguments_are_checked_when_it_is_started(
 async def test_a_child_id_that_is_the_run_itself_or_its_parent_fails_the_child(
     make_app: Callable[..., durably.App],
 ) -> None:
-    """A child started with its parent's own id (or its grandparent's)
-    attached to that run, and both waited for each other forever."""
+    """A child started with its run's own id or an ancestor's attached to
+    that run, and they waited for each other forever."""
     app = make_app()
 
     @app.workflow()
@@ -129,21 +129,22 @@ async def test_a_child_id_that_is_the_run_itself_or_its_parent_fails_the_child(
             return exc.message
 
     @app.workflow()
-    async def inner(ctx: durably.Context, parent: str) -> str:
-        return str(await ctx.child(outer, id=parent))
-
-    @app.workflow()
-    async def outer(ctx: durably.Context) -> str:
+    async def node(ctx: durably.Context, depth: int, root: str) -> str:
+        # Down to ``depth``, then a child with the root's id (an ancestor's).
+        target = root if depth == 0 else f"{ctx.run_id}-{depth}"
         try:
-            return str(await ctx.child(inner, ctx.run_id, id=f"{ctx.run_id}-inner"))
+            return str(await ctx.child(node, depth - 1, root, id=target))
         except durably.ChildFailed as exc:
             return exc.message
 
     async with app.worker():
         own = await (await app.start(selfish, id="me")).result(timeout=10)
         assert "this run's own id" in own, own
-        cycle = await (await app.start(outer, id="top")).result(timeout=10)
-        assert "the id of this run's parent" in cycle, cycle
+        for depth in (1, 3):  # the parent's id, a great-grandparent's
+            said = await (await app.start(node, depth, f"top{depth}", id=f"top{depth}")).result(
+                timeout=10
+            )
+            assert "the id of an ancestor of this run" in said, said
 
 
 async def test_two_children_with_one_id_are_refused(

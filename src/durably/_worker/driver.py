@@ -59,6 +59,9 @@ class WorkflowSpec(Protocol):
     ) -> Instance: ...
 
 
+# How far up its parents a run looks for a child id that would wait on itself.
+MAX_ANCESTRY = 1000
+
 # Failed writes of one run, each on its own error (not an outage), before the
 # run is failed instead of replayed once more.
 UNWRITABLE_AFTER = 3
@@ -113,6 +116,9 @@ class RunDriver:
         self._promised: dict[int, int] = {}  # wait position -> signal id on its way
         self._consumed: set[int] = set()  # signal ids this run took (never offer again)
         self._children: dict[str, tuple[int, str]] = {}  # child id -> (position, workflow)
+        # This run's ancestors' ids, read when a child id names a run it did
+        # not start (else its parent's is all it knows).
+        self._ancestors: set[str] = {record.parent_id} if record.parent_id else set()
         self._hold: asyncio.TimerHandle | None = None
         self._hold_expired = False
         self._deadline: asyncio.TimerHandle | None = None
@@ -158,9 +164,9 @@ class RunDriver:
         known = self._children.get(record.id)
         if known is None:
             return
-        if record.workflow != known[1] or record.id in (self.run_id, self.record.parent_id):
+        if record.workflow != known[1] or record.id == self.run_id or record.id in self._ancestors:
             # The id was taken by a run of another workflow, or is this run's
-            # own or its parent's: waiting for it would never end.
+            # own or an ancestor's: waiting for it would never end.
             self._post("child_done", record)
         elif record.status in TERMINAL:
             self._post("child_done", record)
@@ -298,7 +304,7 @@ class RunDriver:
             if known is not None:
                 position, name = known
                 fault("child.done", name)
-                payload = _child_payload(record, name, self.record)
+                payload = _child_payload(record, name, self.run_id, self._ancestors)
                 entry = Entry(position, Kind.CHILD_DONE, name, payload, None, self._clock())
                 await self._complete(entry, batch)
         elif kind == "attempt":
@@ -421,7 +427,12 @@ class RunDriver:
             self.offer_signals(await self.worker.io(storage.pending_signals, [self.run_id]))
         children = [c.child_id for c in commands if isinstance(c, ChildCall)]
         if children:
-            for record in await self.worker.io(storage.get_runs, children):
+            records = await self.worker.io(storage.get_runs, children)
+            if any(r.parent_id != self.run_id and r.status not in TERMINAL for r in records):
+                # A child id naming a run this one did not start: if that is an
+                # ancestor, the two would wait for each other forever.
+                self._ancestors = await self.worker.io(self._read_ancestors)
+            for record in records:
                 self.offer_child(record)
 
     async def _fail_unwritable(self, exc: CommitFailed) -> bool:
@@ -442,6 +453,15 @@ class RunDriver:
         log.error("run %s failed: %s", self.run_id, error["message"])
         self.worker.run_ended(self.run_id, self._final(outcome))
         return True
+
+    def _read_ancestors(self) -> set[str]:
+        found: set[str] = set()
+        parent = self.record.parent_id
+        while parent is not None and parent not in found and len(found) < MAX_ANCESTRY:
+            found.add(parent)
+            record = self.worker.storage.get_run(parent)
+            parent = record.parent_id if record is not None else None
+        return found
 
     async def _pin(self) -> None:
         """Newer code diverged from a run started on an older version: leave it
@@ -763,10 +783,10 @@ def _ended(outcome: Outcome) -> RunUpdate:
     return RunUpdate(status=outcome.status, result=outcome.result, error=error, release=True)
 
 
-def _child_payload(record: RunRecord, workflow: str, parent: RunRecord) -> str:
+def _child_payload(record: RunRecord, workflow: str, run_id: str, ancestors: set[str]) -> str:
     info: dict[str, Any] = {"id": record.id, "status": record.status}
-    if record.id in (parent.id, parent.parent_id):
-        whose = "this run's own id" if record.id == parent.id else "the id of this run's parent"
+    if record.id == run_id or record.id in ancestors:
+        whose = "this run's own id" if record.id == run_id else "the id of an ancestor of this run"
         info["status"] = "failed"
         info["error"] = {
             "type": "ConfigurationError",
