@@ -174,3 +174,51 @@ def test_a_wait_on_a_database_that_cannot_be_used_says_why(tmp_path: Path) -> No
         assert "did not create" in str(outcome[0])
     finally:
         app.close()
+
+
+async def test_closing_while_a_worker_stops_is_refused(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """A worker leaves the app's list of running workers before it has
+    handed its runs back; a close() in that window closed its connections
+    under it."""
+    app = make_app()
+
+    @app.step()
+    def slow() -> int:
+        time.sleep(1.0)
+        return 1
+
+    @app.workflow()
+    def waits_for_slow(ctx: durably.Context) -> int:
+        return int(slow())
+
+    said: list[BaseException | None] = []
+
+    def try_close() -> None:
+        try:
+            app.close()
+            said.append(None)
+        except BaseException as exc:  # noqa: BLE001 - what it said is the point
+            said.append(exc)
+
+    async with app.worker():
+        await app.start(waits_for_slow)
+        await asyncio.sleep(0.3)  # the step is running: stopping waits for it
+        closer = threading.Timer(0.2, try_close)
+        closer.start()
+    closer.join()
+    assert isinstance(said[0], durably.ConfigurationError), said
+
+
+async def test_a_start_that_races_close_reopens_the_app(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """A start that took the start batcher just before close() closed it got
+    a raw RuntimeError; like any call after close(), it reopens the app."""
+    app = make_app()
+    double = _doubler(app)
+    app._start_batcher().close()  # what close() does to it, the app not knowing yet
+    handle = await app.start(double, 4, id="after-race")
+    assert handle.id == "after-race"
+    assert app.start_sync(double, 5, id="after-race-sync").id == "after-race-sync"

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import _config, _serde
-from ._batching import Batcher
+from ._batching import Batcher, BatcherClosed
 from ._checks import RUN_ID_LIMIT, check_name, step_options, to_seconds
 from ._engine.instance import current_instance
 from ._errors import (
@@ -109,6 +109,7 @@ class App:
         self._starts: Batcher[NewRun, tuple[RunRecord, bool]] | None = None
         self._watcher: RunWatcher | None = None
         self._workers: list[Worker] = []  # running in this process
+        self._stopping_workers = 0  # left the list, still handing runs back
 
     def __repr__(self) -> str:
         return f"App({self.name!r}, database={self.database_url!r})"
@@ -251,7 +252,7 @@ class App:
 
     def close(self, *, then_use: str | None = None) -> None:
         """Close database connections (a new call reopens them)."""
-        if self._workers:
+        if self._workers or self._stopping_workers:
             raise ConfigurationError(
                 f"app {self.name!r} has a worker running in this process; stop it "
                 "(leave `async with app.worker()`) before closing the app or "
@@ -275,9 +276,15 @@ class App:
 
     def _start_batcher(self) -> Batcher[NewRun, tuple[RunRecord, bool]]:
         with self._storage_lock:
-            if self._starts is None:
+            if self._starts is None or self._starts.closed:
                 self._starts = Batcher(self._create_runs, "durably-starts")
             return self._starts
+
+    def _submit_start(self, run: NewRun) -> concurrent.futures.Future[tuple[RunRecord, bool]]:
+        try:
+            return self._start_batcher().submit(run)
+        except BatcherClosed:  # it raced close(): the app reopens, as for any call after
+            return self._start_batcher().submit(run)
 
     def _create_runs(self, runs: Sequence[NewRun]) -> list[tuple[RunRecord, bool]]:
         return self.storage.create_runs(runs)
@@ -373,7 +380,7 @@ class App:
         if self._inline:
             record, created = self.storage.create_run(run)
         else:  # concurrent starts share transactions
-            record, created = self._start_batcher().submit(run).result()
+            record, created = self._submit_start(run).result()
         return self._created(run, record, created)
 
     def _created(self, run: NewRun, record: RunRecord, created: bool) -> WorkflowHandle:
@@ -408,7 +415,7 @@ class App:
             # Created already claimed by the worker in this process: no claim,
             # no journal read, no wake-up notification needed.
             return WorkflowHandle(self, run.id)
-        record, created = await asyncio.wrap_future(self._start_batcher().submit(run))
+        record, created = await asyncio.wrap_future(self._submit_start(run))
         return self._created(run, record, created)
 
     def _local_worker(self) -> Worker | None:
@@ -636,7 +643,11 @@ class App:
             yield worker
         finally:
             self._workers.remove(worker)
-            await worker.stop()
+            self._stopping_workers += 1  # close() must still wait for it
+            try:
+                await worker.stop()
+            finally:
+                self._stopping_workers -= 1
 
     def run_worker(self, concurrency: int = 100, loop: str = "auto") -> None:
         """Run a worker until SIGINT or SIGTERM (blocking).

@@ -17,6 +17,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class BatcherClosed(RuntimeError):
+    """The batcher was closed (its app closed or switched database)."""
+
+
 class Batcher(Generic[T, R]):
     def __init__(self, process: Callable[[Sequence[T]], Sequence[R]], name: str) -> None:
         self._process = process
@@ -31,13 +35,17 @@ class Batcher(Generic[T, R]):
         future: Future[R] = Future()
         with self._lock:
             if self._closed:
-                raise RuntimeError(f"{self._name} is closed")
+                raise BatcherClosed(f"{self._name} is closed")
             self._queue.append((item, future))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
         self._wakeup.set()
         return future
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         with self._lock:
