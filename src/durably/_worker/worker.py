@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import dataclasses
 import functools
 import logging
 import math
@@ -403,13 +402,16 @@ class Worker:
         self._reserved += 1
         try:
             now = self.clock()
-            # A claimed copy: if this fails, the caller starts ``run`` itself
-            # the ordinary way, unclaimed (not held by a worker not driving it).
-            claimed = dataclasses.replace(run, owner=self.id, lease_until=now + self.lease_seconds)
+            run.owner = self.id
+            run.lease_until = now + self.lease_seconds
             try:
-                created = await self.committer.submit(RunWrite(run.id, 1, create=claimed))
+                created = await self.committer.submit(RunWrite(run.id, 1, create=run))
             except CommitFailed:
                 return False
+            finally:
+                # Unclaimed again: if this failed, the caller starts ``run``
+                # the ordinary way (not held by a worker that is not driving it).
+                run.owner = run.lease_until = None
         finally:
             self._reserved -= 1
         if not created:

@@ -20,7 +20,10 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class ConnectionClosed(Exception):
@@ -74,16 +77,23 @@ class Connections:
         own = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(own))
 
-    @contextlib.contextmanager
-    def use(self) -> Iterator[sqlite3.Connection]:
-        """This thread's connection, for one statement or transaction."""
+    def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` on this thread's connection (one statement or transaction);
+        on an error, no transaction is left open."""
         slot = self._slot()
         slot.lock.acquire()
         slot.owner = threading.get_ident()
         try:
             if slot.closed:
                 raise ConnectionClosed()
-            yield slot.conn
+            conn = slot.conn
+            try:
+                return fn(conn)
+            except sqlite3.Error:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
         finally:
             slot.owner = None
             if slot.closed:  # closed meanwhile, from this thread or while busy

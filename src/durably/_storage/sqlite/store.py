@@ -148,8 +148,7 @@ class SQLiteStorage(Storage):
         delay = 0.0005
         while True:
             try:
-                with self._connections.use() as conn:
-                    return self._once(conn, fn)
+                return self._connections.run(fn)
             except ConnectionClosed:
                 raise DatabaseError(f"{self.url}: storage is closed") from None
             except sqlite3.OperationalError as exc:
@@ -177,17 +176,6 @@ class SQLiteStorage(Storage):
                 if type(exc) is sqlite3.DatabaseError:  # "file is not a database" & co
                     raise self._foreign(exc) from None
                 raise DatabaseError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
-
-    @staticmethod
-    def _once(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """``fn`` on ``conn``; on an error, no transaction is left open."""
-        try:
-            return fn(conn)
-        except sqlite3.Error:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
 
     @contextlib.contextmanager
     def _write(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
