@@ -511,6 +511,19 @@ def test_a_missing_dependency_of_the_user_module_is_named(tmp_path: Path) -> Non
     assert "cannot import module 'flows_with_missing_dep'" not in proc.stderr
 
 
+def test_an_argument_that_looks_like_broken_json_is_refused(tmp_path: Path) -> None:
+    """``'{bad json'`` started a run with that text as a string: a typo in an
+    object went unreported. Text that is not meant as JSON is still text."""
+    database = f"sqlite:///{tmp_path / 'durably.db'}"
+    proc = run_cli("start", APP, "greet", "{name: ada}", database=database)
+    assert_clean_error(proc, "looks like a JSON object or list but is not valid JSON")
+    assert proc.returncode == 2
+    plain = run_cli("start", APP, "greet", "ada lovelace", "--id", "plain", database=database)
+    assert plain.returncode == 0, plain.stderr
+    quoted = run_cli("start", APP, "greet", '"{not json}"', "--id", "quoted", database=database)
+    assert quoted.returncode == 0, quoted.stderr
+
+
 @pytest.mark.parametrize(
     ("source", "needles"),
     [

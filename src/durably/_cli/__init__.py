@@ -111,7 +111,15 @@ def start(
 def _json_or_text(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except ValueError as exc:
+        if text.lstrip()[:1] in ("{", "["):
+            # Meant as an object or a list: a typo must not start a run with
+            # the text instead.
+            raise click.BadParameter(
+                f"{text!r} looks like a JSON object or list but is not valid JSON "
+                f"({exc}); to pass it as text, give it as a JSON string: '\"...\"'",
+                param_hint="ARGS",
+            ) from None
         return text
 
 
