@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import durably
+from outage_proxy import OutageProxy
 
 PG_URL = os.environ.get("DURABLY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -70,6 +71,19 @@ def postgres_server() -> Iterator[PostgresServer]:
         pytest.skip(message)
     yield server
     server.close()
+
+
+@pytest.fixture
+def pg(postgres_server: PostgresServer) -> Iterator[tuple[str, OutageProxy]]:
+    """A fresh PostgreSQL database and a cuttable proxy in front of its server."""
+    name = postgres_server.create()
+    base = postgres_server.url.rpartition("/")[0]
+    proxy = OutageProxy()
+    try:
+        yield f"{base}/{name}", proxy
+    finally:
+        proxy.close()
+        postgres_server.drop(name)
 
 
 @pytest.fixture(params=BACKENDS)

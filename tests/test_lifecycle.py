@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import durably
-from conftest import PostgresServer
 from outage_proxy import OutageProxy
 
 
@@ -118,26 +117,14 @@ def test_use_database_while_other_threads_start_runs(tmp_path: Path) -> None:
         app.close()
 
 
-@pytest.fixture
-def proxied(postgres_server: PostgresServer) -> Iterator[tuple[str, OutageProxy]]:
-    name = postgres_server.create()
-    base = postgres_server.url.rpartition("/")[0]
-    proxy = OutageProxy()
-    try:
-        yield f"{base}/{name}", proxy
-    finally:
-        proxy.close()
-        postgres_server.drop(name)
-
-
 @pytest.mark.timeout(120)
 async def test_a_first_wait_during_an_outage_is_answered_once_it_ends(
-    proxied: tuple[str, OutageProxy],
+    pg: tuple[str, OutageProxy],
 ) -> None:
     """The thread that follows results died when the database could not be
     opened at a process's first wait, and was never started again: that wait
     and every later one in the process hung."""
-    url, proxy = proxied
+    url, proxy = pg
     server = durably.App("first-wait", url)
     client = durably.App("first-wait", proxy.url(url.rpartition("/")[2]))
     double = _doubler(server)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 import durably
 from apps import effects
 from apps.crashy import app as crashy
-from conftest import PostgresServer, Workers, wait_until
+from conftest import Workers, wait_until
 from outage_proxy import OutageProxy
 
 pytestmark = pytest.mark.timeout(300)
@@ -28,19 +27,6 @@ pytestmark = pytest.mark.timeout(300)
 OUTAGE_SECONDS = float(os.environ.get("DURABLY_OUTAGE_SECONDS", "5"))
 # How many runs the last test is recovering when the outage hits.
 RECOVERING = int(os.environ.get("DURABLY_OUTAGE_RUNS", "300"))
-
-
-@pytest.fixture
-def pg(postgres_server: PostgresServer) -> Iterator[tuple[str, OutageProxy]]:
-    """A fresh PostgreSQL database and a cuttable proxy in front of its server."""
-    name = postgres_server.create()
-    base = postgres_server.url.rpartition("/")[0]
-    proxy = OutageProxy()
-    try:
-        yield f"{base}/{name}", proxy
-    finally:
-        proxy.close()
-        postgres_server.drop(name)
 
 
 def spawn(workers: Workers, url: str, log: Path) -> Any:

@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from . import _config, _serde
 from ._batching import Batcher, BatcherClosed
-from ._checks import RUN_ID_LIMIT, check_name, step_options, to_seconds
+from ._checks import RUN_ID_LIMIT, check_count, check_name, step_options, to_seconds
 from ._engine.instance import current_instance
 from ._errors import (
     ConfigurationError,
@@ -85,19 +85,9 @@ class App:
         self.database_url = _config.database_url(database)
         self.lease_seconds = _config.lease_seconds(lease_seconds)
         self.suspend_after = to_seconds(suspend_after, "App(suspend_after=...)")
-        self.poll_interval = to_seconds(poll_interval, "App(poll_interval=...)")
-        if self.poll_interval <= 0:
-            raise ConfigurationError(f"App(poll_interval=...) must be > 0, got {poll_interval!r}")
-        if (
-            not isinstance(max_payload_bytes, int)
-            or isinstance(max_payload_bytes, bool)
-            or max_payload_bytes < 0
-        ):
-            raise ConfigurationError(
-                "App(max_payload_bytes=...) must be a whole number of bytes >= 0 "
-                f"(0: no limit), got {max_payload_bytes!r}"
-            )
-        self.max_payload_bytes = max_payload_bytes
+        self.poll_interval = to_seconds(poll_interval, "App(poll_interval=...)", positive=True)
+        # 0: no limit
+        self.max_payload_bytes = check_count(max_payload_bytes, "App(max_payload_bytes=...)", 0)
         self.clock: Callable[[], float] = time.time
         self._workflows: dict[str, WorkflowDef] = {}
         self._steps: dict[str, StepDef] = {}
@@ -609,10 +599,7 @@ class App:
 
     # -- workers -------------------------------------------------------------------
     def _make_worker(self, concurrency: int, *, inline: bool = False) -> Worker:
-        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-            raise ConfigurationError(
-                f"worker concurrency must be a whole number >= 1, got {concurrency!r}"
-            )
+        check_count(concurrency, "worker concurrency", 1)
         if not self._workflows:
             raise ConfigurationError(
                 f"app {self.name!r} has no workflows: register some with @app.workflow "

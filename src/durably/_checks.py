@@ -38,7 +38,8 @@ def check_name(
     return value
 
 
-def to_seconds(value: float | dt.timedelta, what: str) -> float:
+def to_seconds(value: float | dt.timedelta, what: str, *, positive: bool = False) -> float:
+    """Seconds from a number or a timedelta: finite, >= 0 (> 0 if ``positive``)."""
     if isinstance(value, dt.timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -49,7 +50,16 @@ def to_seconds(value: float | dt.timedelta, what: str) -> float:
         )
     if not math.isfinite(seconds) or seconds < 0:
         raise ConfigurationError(f"{what} must be a finite number >= 0 ({value!r})")
+    if positive and seconds == 0:
+        raise ConfigurationError(f"{what} must be > 0 seconds, got {value!r}")
     return seconds
+
+
+def check_count(value: Any, what: str, minimum: int) -> int:
+    """A whole number (not a bool, not a float) of at least ``minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigurationError(f"{what} must be a whole number >= {minimum}, got {value!r}")
+    return value
 
 
 def step_options(
@@ -61,11 +71,7 @@ def step_options(
         raise ConfigurationError(
             f"{where}: retry= needs a durably.Retry, e.g. Retry(max_attempts=5), not {retry!r}"
         )
-    seconds = None
-    if timeout is not None:
-        seconds = to_seconds(timeout, f"{where}: timeout=")
-        if seconds <= 0:
-            raise ConfigurationError(f"{where}: timeout= must be > 0 seconds, got {timeout!r}")
+    seconds = None if timeout is None else to_seconds(timeout, f"{where}: timeout=", positive=True)
     if name is not None:
         check_name(name, f"{where}: name=")
     if isinstance(aliases, str):

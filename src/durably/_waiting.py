@@ -217,15 +217,20 @@ class RunWatcher:
                 else:
                     future.set_result(record)
 
+    def _fail_all(self, error: Callable[[str], BaseException]) -> None:
+        """Every waiter gets ``error(run_id)`` raised (each its own)."""
+        with self._lock:
+            waiting = list(self._futures)
+        for run_id in waiting:
+            self._settle(run_id, None, functools.partial(error, run_id))
+
     def close(self) -> None:
         """Stop; whoever still waits is told (else a wait without a timeout
         would never end)."""
         with self._lock:
             self._closed = True
-            waiting = list(self._futures)
         self._event.set()
-        for run_id in waiting:
-            self._settle(run_id, None, functools.partial(_closed_error, run_id))
+        self._fail_all(_closed_error)
 
     def _on_change(self, channel: str, payload: str) -> None:
         if channel == "":
@@ -258,10 +263,12 @@ class RunWatcher:
                 for stop in unsubscribe:
                     stop()
                 with self._lock:
-                    waiting = list(self._futures)
                     self._thread = None
-                for run_id in waiting:
-                    self._settle(run_id, None, functools.partial(_copy_error, exc))
+
+                def copy(_: str, failure: Exception = exc) -> BaseException:
+                    return _copy_error(failure)
+
+                self._fail_all(copy)
                 return None
             with self._lock:
                 if self._closed:

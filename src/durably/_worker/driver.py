@@ -785,21 +785,18 @@ def _ended(outcome: Outcome) -> RunUpdate:
 
 def _child_payload(record: RunRecord, workflow: str, run_id: str, ancestors: set[str]) -> str:
     info: dict[str, Any] = {"id": record.id, "status": record.status}
+    refused = None  # why this run cannot be the child asked for
     if record.id == run_id or record.id in ancestors:
         whose = "this run's own id" if record.id == run_id else "the id of an ancestor of this run"
-        info["status"] = "failed"
-        info["error"] = {
-            "type": "ConfigurationError",
-            "message": f"child id {record.id!r} is {whose}: waiting for it would never "
-            "end; choose another id",
-        }
+        refused = f"child id {record.id!r} is {whose}: waiting for it would never end"
     elif record.workflow != workflow:
+        refused = (
+            f"child id {record.id!r} already belongs to a run of workflow "
+            f"{record.workflow!r}, not {workflow!r}"
+        )
+    if refused is not None:
         info["status"] = "failed"
-        info["error"] = {
-            "type": "ConfigurationError",
-            "message": f"child id {record.id!r} already belongs to a run of workflow "
-            f"{record.workflow!r}, not {workflow!r}; choose another id",
-        }
+        info["error"] = {"type": "ConfigurationError", "message": f"{refused}; choose another id"}
     elif record.status == "completed":
         info["result"] = record.result
     else:

@@ -1,8 +1,8 @@
 """SQLite backend: one file, WAL, several processes.
 
-Each thread gets its own connection (see ``connections.py``). Writes run in ``BEGIN IMMEDIATE``
-transactions so that SQLite's busy handler (not an error) arbitrates between
-processes; anything that still reports "locked" or "busy" is retried here
+Each thread gets its own connection (see ``connections.py``). Writes run in
+``BEGIN IMMEDIATE`` transactions so that SQLite's busy handler (not an error)
+arbitrates between processes; anything that still reports "locked" or "busy" is retried here
 with backoff, so ``database is locked`` never reaches the user.
 
 Durability: ``synchronous=FULL`` by default (a commit survives power loss).
