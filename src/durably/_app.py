@@ -276,6 +276,12 @@ class App:
         except BatcherClosed:  # it raced close(): the app reopens, as for any call after
             return self._start_batcher().submit(run)
 
+    def _submit_start_async(self, run: NewRun) -> asyncio.Future[tuple[RunRecord, bool]]:
+        try:
+            return self._start_batcher().submit_async(run)
+        except BatcherClosed:  # as in _submit_start
+            return self._start_batcher().submit_async(run)
+
     def _create_runs(self, runs: Sequence[NewRun]) -> list[tuple[RunRecord, bool]]:
         return self.storage.create_runs(runs)
 
@@ -405,7 +411,7 @@ class App:
             # Created already claimed by the worker in this process: no claim,
             # no journal read, no wake-up notification needed.
             return WorkflowHandle(self, run.id)
-        record, created = await asyncio.wrap_future(self._submit_start(run))
+        record, created = await self._submit_start_async(run)
         return self._created(run, record, created)
 
     def _local_worker(self) -> Worker | None:

@@ -122,6 +122,34 @@ def test_create_run_of_a_claimed_run_returns_its_current_state(storage: Storage)
     assert again.status == "running" and again.epoch == 1
 
 
+def test_a_batch_of_starts_answers_each_with_the_row_in_the_database(
+    storage: Storage, other: Storage
+) -> None:
+    """A batch returns the rows it created without reading them back: each
+    answer must still be exactly the stored row, including a claimed start's,
+    an id started twice in the batch, and an id that existed already."""
+    other.create_run(new_run("old", args='["before"]'))
+    batch = [
+        new_run("a", parent_id="p", deadline=T0 + 9, priority=2),
+        new_run("mine", owner="w1", lease_until=T0 + LEASE),
+        new_run("a", args='["second"]', created_at=T0 + 5),
+        new_run("old", args='["after"]'),
+        new_run("b", workflow="wf2", created_at=T0 + 1),
+    ]
+    answers = storage.create_runs(batch)
+    assert [(record.id, created) for record, created in answers] == [
+        ("a", True),
+        ("mine", True),
+        ("a", False),
+        ("old", False),
+        ("b", True),
+    ]
+    for record, _ in answers:
+        assert record == other.get_run(record.id)
+    assert answers[2][0].args == '["a", 1]' and answers[3][0].args == '["before"]'
+    assert answers[1][0].status == "running" and answers[1][0].epoch == 1
+
+
 def test_concurrent_create_of_one_id_creates_it_once(database_url: str) -> None:
     n = 6
     stores = [open_storage(database_url) for _ in range(n)]

@@ -13,7 +13,7 @@ from typing import Any
 
 from .._engine.journal import Entry
 from .._errors import DatabaseError, RunFinished, RunNotFound
-from .base import TERMINAL, Listener, NewRun, RunFilter, RunUpdate, RunWrite
+from .base import TERMINAL, Listener, NewRun, RunFilter, RunRecord, RunUpdate, RunWrite
 
 log = logging.getLogger("durably.storage")
 
@@ -285,25 +285,71 @@ def cancelled_error(reason: str) -> str:
     return json.dumps({"type": "WorkflowCancelled", "message": reason, "traceback": ""})
 
 
+def created_record(run: NewRun) -> RunRecord:
+    """The row an insert of ``run`` leaves: what a start returns without reading."""
+    claimed = run.owner is not None
+    return RunRecord(
+        id=run.id,
+        workflow=run.workflow,
+        version=run.version,
+        status="running" if claimed else "pending",
+        args=run.args,
+        result=None,
+        error=None,
+        owner=run.owner,
+        epoch=1 if claimed else 0,
+        lease_until=run.lease_until,
+        wake_at=None,
+        created_at=run.created_at,
+        updated_at=run.created_at,
+        started_at=run.created_at if claimed else None,
+        finished_at=None,
+        parent_id=run.parent_id,
+        deadline=run.deadline,
+        priority=run.priority,
+    )
+
+
 def run_row(run: NewRun) -> tuple[Any, ...]:
     """Parameters of a backend's INSERT_RUN, in column order."""
-    claimed = run.owner is not None
+    r = created_record(run)
     return (
-        run.id,
-        run.workflow,
-        run.version,
-        "running" if claimed else "pending",
-        run.args,
-        run.created_at,
-        run.created_at,
-        run.parent_id,
-        run.deadline,
-        run.priority,
-        1 if claimed else 0,
-        run.owner,
-        run.lease_until,
-        run.created_at if claimed else None,
+        r.id,
+        r.workflow,
+        r.version,
+        r.status,
+        r.args,
+        r.created_at,
+        r.updated_at,
+        r.parent_id,
+        r.deadline,
+        r.priority,
+        r.epoch,
+        r.owner,
+        r.lease_until,
+        r.started_at,
     )
+
+
+def start_answers(
+    runs: Sequence[NewRun],
+    created: set[str],
+    read: Callable[[list[str]], list[RunRecord]],
+) -> list[tuple[RunRecord, bool]]:
+    """What ``create_runs`` answers: each run's row, and whether this call
+    created it. The rows it created are known; only the ids that existed
+    already are read (through ``read``)."""
+    # reversed: of an id given twice in one batch, the first start's row is in.
+    records = {run.id: created_record(run) for run in reversed(runs) if run.id in created}
+    others = [run.id for run in runs if run.id not in created]
+    if others:
+        records.update((record.id, record) for record in read(others))
+    seen: set[str] = set()
+    out: list[tuple[RunRecord, bool]] = []
+    for run in runs:
+        out.append((records[run.id], run.id in created and run.id not in seen))
+        seen.add(run.id)
+    return out
 
 
 def check_open(row: Any, run_id: str) -> None:

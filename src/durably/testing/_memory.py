@@ -33,7 +33,13 @@ from .._storage.base import (
     Signal,
     Storage,
 )
-from .._storage.common import cancelled_error, check_open, partition, wake_missed
+from .._storage.common import (
+    cancelled_error,
+    check_open,
+    created_record,
+    partition,
+    wake_missed,
+)
 
 
 @dataclasses.dataclass
@@ -91,27 +97,7 @@ class MemoryStorage(Storage):
     def _insert(self, run: NewRun) -> bool:
         if run.id in self._runs:
             return False
-        claimed = run.owner is not None
-        self._runs[run.id] = RunRecord(
-            id=run.id,
-            workflow=run.workflow,
-            version=run.version,
-            status="running" if claimed else "pending",
-            args=run.args,
-            result=None,
-            error=None,
-            owner=run.owner,
-            epoch=1 if claimed else 0,
-            lease_until=run.lease_until,
-            wake_at=None,
-            created_at=run.created_at,
-            updated_at=run.created_at,
-            started_at=run.created_at if claimed else None,
-            finished_at=None,
-            parent_id=run.parent_id,
-            deadline=run.deadline,
-            priority=run.priority,
-        )
+        self._runs[run.id] = created_record(run)
         return True
 
     def create_runs(self, runs: Sequence[NewRun]) -> list[tuple[RunRecord, bool]]:

@@ -54,6 +54,7 @@ from ..common import (
     run_row,
     split_statements,
     sql_missed,
+    start_answers,
     wake_missed,
 )
 from . import queries as q
@@ -262,19 +263,15 @@ class PostgresStorage(Storage):
             if found is None:
                 raise DatabaseError(f"{self._where}: run {runs[0].id!r} vanished on creation")
             return [(RunRecord(*found), False)]
-        ids = [r.id for r in runs]
         with self._conn() as conn:
             with conn.transaction():
                 created = self._insert_runs(conn, runs)
             # A new statement sees runs other transactions created meanwhile.
-            found = conn.execute(q.GET_RUNS, (ids,)).fetchall()
-        rows = {r[0]: RunRecord(*r) for r in found}
-        seen: set[str] = set()
-        out = []
-        for run_id in ids:
-            out.append((rows[run_id], run_id in created and run_id not in seen))
-            seen.add(run_id)
-        return out
+            return start_answers(
+                runs,
+                created,
+                lambda ids: [RunRecord(*r) for r in conn.execute(q.GET_RUNS, (ids,))],
+            )
 
     def get_run(self, run_id: str) -> RunRecord | None:
         with self._conn() as conn:

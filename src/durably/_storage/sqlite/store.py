@@ -49,6 +49,7 @@ from ..common import (
     run_row,
     split_statements,
     sql_missed,
+    start_answers,
     wake_missed,
 )
 from . import queries as q
@@ -235,17 +236,7 @@ class SQLiteStorage(Storage):
                 for chunk in _chunks(ids):
                     existed.update(r[0] for r in conn.execute(q.existing_ids(len(chunk)), chunk))
                 conn.executemany(q.INSERT_RUN, [run_row(r) for r in runs])
-                rows: dict[str, RunRecord] = {}
-                for chunk in _chunks(ids):
-                    for row in conn.execute(q.get_runs(len(chunk)), chunk):
-                        rows[row[0]] = RunRecord(*row)
-            # One start of an id that appears twice in a batch creates it once.
-            seen: set[str] = set()
-            out = []
-            for run_id in ids:
-                out.append((rows[run_id], run_id not in existed and run_id not in seen))
-                seen.add(run_id)
-            return out
+                return start_answers(runs, set(ids) - existed, lambda others: _read(conn, others))
 
         return self._retry(tx) if runs else []
 
@@ -439,13 +430,7 @@ class SQLiteStorage(Storage):
     def _read_runs(self, sql: Callable[[int], str], run_ids: Sequence[str]) -> list[RunRecord]:
         ids = list(run_ids)
 
-        def read(conn: sqlite3.Connection) -> list[RunRecord]:
-            rows: list[RunRecord] = []
-            for chunk in _chunks(ids):
-                rows.extend(RunRecord(*r) for r in conn.execute(sql(len(chunk)), chunk))
-            return rows
-
-        return self._retry(read) if ids else []
+        return self._retry(lambda conn: _read(conn, ids, sql)) if ids else []
 
     def send_signal(self, run_id: str, topic: str, payload: str, now: float) -> None:
         def tx(conn: sqlite3.Connection) -> None:
@@ -536,6 +521,15 @@ class _Busy(Exception):
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
+
+
+def _read(
+    conn: sqlite3.Connection, run_ids: list[str], sql: Callable[[int], str] = q.get_runs
+) -> list[RunRecord]:
+    rows: list[RunRecord] = []
+    for chunk in _chunks(run_ids):
+        rows.extend(RunRecord(*r) for r in conn.execute(sql(len(chunk)), chunk))
+    return rows
 
 
 def _chunks(items: Sequence[str]) -> Iterator[list[str]]:
