@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -54,61 +54,121 @@ def test_callers_that_gave_up_are_dropped_and_the_thread_lives() -> None:
     batcher.close()
 
 
+class Gated:
+    """A batch function that holds the batcher's thread in its first call
+    until released, and says when that call began (no sleeps to guess it)."""
+
+    def __init__(self, answer: Callable[[Sequence[int]], list[int]] = list) -> None:
+        self.answer = answer
+        self.began = threading.Event()
+        self.release = threading.Event()
+        self.calls: list[list[int]] = []
+
+    def __call__(self, items: Sequence[int]) -> list[int]:
+        self.began.set()
+        self.release.wait(5)
+        self.calls.append(list(items))
+        return self.answer(items)
+
+
+async def _began(gated: Gated) -> None:
+    assert await asyncio.to_thread(gated.began.wait, 5)
+
+
 async def test_callers_on_a_loop_are_answered_together_and_each_gets_its_own() -> None:
-    calls: list[list[int]] = []
-    gate = threading.Event()
-
-    def double(items: Sequence[int]) -> list[int]:
-        gate.wait(5)
-        calls.append(list(items))
-        return [i * 2 for i in items]
-
-    batcher: Batcher[int, int] = Batcher(double, "test-batcher-3")
+    gated = Gated(lambda items: [i * 2 for i in items])
+    batcher: Batcher[int, int] = Batcher(gated, "test-batcher-3")
     first = batcher.submit_async(0)
-    await asyncio.sleep(0.05)  # the first batch holds the thread; the rest queue up
+    await _began(gated)  # the first batch holds the thread; the rest queue up
     rest = [batcher.submit_async(i) for i in range(1, 200)]
-    gate.set()
+    gated.release.set()
     assert await asyncio.wait_for(asyncio.gather(first, *rest), 5) == [i * 2 for i in range(200)]
-    assert calls == [[0], list(range(1, 200))]
+    assert gated.calls == [[0], list(range(1, 200))]
     batcher.close()
 
 
 async def test_an_async_caller_that_gave_up_is_dropped_and_errors_reach_the_others() -> None:
-    seen: list[list[int]] = []
-    gate = threading.Event()
-
     def picky(items: Sequence[int]) -> list[int]:
-        gate.wait(5)
-        seen.append(list(items))
         if 13 in items:
             raise ValueError("13 is refused")
         return list(items)
 
-    batcher: Batcher[int, int] = Batcher(picky, "test-batcher-4")
+    gated = Gated(picky)
+    batcher: Batcher[int, int] = Batcher(gated, "test-batcher-4")
     held = batcher.submit_async(1)
-    await asyncio.sleep(0.05)
+    await _began(gated)
     gave_up, unlucky, also = (batcher.submit_async(i) for i in (2, 13, 14))
     gave_up.cancel()
-    gate.set()
+    gated.release.set()
     assert await asyncio.wait_for(held, 5) == 1
     for waiter in (unlucky, also):
         with pytest.raises(ValueError, match="13 is refused"):
             await asyncio.wait_for(waiter, 5)
-    assert seen == [[1], [13, 14]]
+    assert gated.calls == [[1], [13, 14]]
     assert await asyncio.wait_for(batcher.submit_async(4), 5) == 4
     batcher.close()
 
 
+async def test_a_caller_that_gave_up_during_its_batch_leaves_the_others_answered() -> None:
+    gated = Gated()
+    batcher: Batcher[int, int] = Batcher(gated, "test-batcher-6")
+    gave_up, kept = batcher.submit_async(1), batcher.submit_async(2)
+    await _began(gated)
+    gave_up.cancel()  # too late to drop: the work goes on, its answer is dropped
+    gated.release.set()
+    assert await asyncio.wait_for(kept, 5) == 2
+    assert gave_up.cancelled() and gated.calls == [[1, 2]]
+    batcher.close()
+
+
+def test_callers_on_two_loops_in_one_batch_each_get_their_answer() -> None:
+    gated = Gated(lambda items: [i + 100 for i in items])
+    batcher: Batcher[int, int] = Batcher(gated, "test-batcher-7")
+    held = batcher.submit(0)
+    assert gated.began.wait(5)
+    answers: dict[int, int] = {}
+    queued = threading.Barrier(3, timeout=5)
+
+    def on_its_own_loop(item: int) -> None:
+        async def go() -> None:
+            waiter = batcher.submit_async(item)
+            await asyncio.to_thread(queued.wait)
+            answers[item] = await asyncio.wait_for(waiter, 5)
+
+        asyncio.run(go())
+
+    threads = [threading.Thread(target=on_its_own_loop, args=(i,)) for i in (1, 2)]
+    for thread in threads:
+        thread.start()
+    queued.wait()  # both queued behind the held batch: they share the next one
+    gated.release.set()
+    for thread in threads:
+        thread.join(5)
+    assert held.result(5) == 100 and answers == {1: 101, 2: 102}
+    assert [sorted(call) for call in gated.calls] == [[0], [1, 2]]
+    batcher.close()
+
+
+async def test_a_process_that_answers_the_wrong_number_fails_every_caller() -> None:
+    gated = Gated(lambda items: [1])  # one answer, whatever the number of calls
+    batcher: Batcher[int, int] = Batcher(gated, "test-batcher-8")
+    held = batcher.submit_async(0)
+    await _began(gated)
+    waiters = [batcher.submit_async(i) for i in range(3)]  # one batch of three
+    gated.release.set()
+    assert await asyncio.wait_for(held, 5) == 1
+    results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 5)
+    assert [type(r) for r in results] == [RuntimeError] * 3, results
+    assert "1 answers to 3 calls" in str(results[0])
+    assert await asyncio.wait_for(batcher.submit_async(7), 5) == 1  # the thread lives
+    batcher.close()
+
+
 def test_a_caller_whose_loop_closed_does_not_stop_the_thread() -> None:
-    gate = threading.Event()
-
-    def slow(items: Sequence[int]) -> list[int]:
-        gate.wait(5)
-        return list(items)
-
-    batcher: Batcher[int, int] = Batcher(slow, "test-batcher-5")
+    gated = Gated()
+    batcher: Batcher[int, int] = Batcher(gated, "test-batcher-5")
     held = batcher.submit(0)  # holds the thread, so the next call is a batch of its own
-    time.sleep(0.05)
+    assert gated.began.wait(5)
     loop = asyncio.new_event_loop()
 
     async def submit() -> None:
@@ -116,7 +176,7 @@ def test_a_caller_whose_loop_closed_does_not_stop_the_thread() -> None:
 
     loop.run_until_complete(submit())
     loop.close()  # its caller is gone before the answer
-    gate.set()
+    gated.release.set()
     assert held.result(5) == 0
     time.sleep(0.2)  # the closed loop's batch is answered (or kills the thread)
     assert batcher.submit(2).result(5) == 2

@@ -98,16 +98,15 @@ class Batcher(Generic[T, R]):
         results: Sequence[R | None]
         try:
             results = self._process([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{self._name}: {len(results)} answers to {len(batch)} calls")
             error: BaseException | None = None
         except BaseException as exc:  # noqa: BLE001 - every caller gets the error
             results, error = [None] * len(batch), exc
         by_loop: dict[asyncio.AbstractEventLoop, _Answers[R]] = {}
         for (_, waiter), result in zip(batch, results, strict=True):
             if isinstance(waiter, Future):
-                if error is None:
-                    waiter.set_result(result)  # type: ignore[arg-type]
-                else:
-                    waiter.set_exception(error)
+                _set(waiter, result, error)
             else:
                 by_loop.setdefault(waiter.get_loop(), []).append((waiter, result, error))
         for loop, answers in by_loop.items():
@@ -127,9 +126,15 @@ def _still_wanted(waiter: _Waiter[R]) -> bool:
 
 def _answer(answers: _Answers[R]) -> None:
     for waiter, result, error in answers:
-        if waiter.done():  # cancelled meanwhile
-            continue
+        if not waiter.done():  # else cancelled meanwhile
+            _set(waiter, result, error)
+
+
+def _set(waiter: _Waiter[R], result: R | None, error: BaseException | None) -> None:
+    try:
         if error is None:
             waiter.set_result(result)  # type: ignore[arg-type]
         else:
             waiter.set_exception(error)
+    except Exception as exc:  # noqa: BLE001 - e.g. an error a future refuses (StopIteration)
+        waiter.set_exception(RuntimeError(f"{type(error).__name__}: {error}; {exc}"))

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -339,9 +340,13 @@ def start_answers(
     """What ``create_runs`` answers: each run's row, and whether this call
     created it. The rows it created are known; only the ids that existed
     already are read (through ``read``)."""
-    # reversed: of an id given twice in one batch, the first start's row is in.
-    records = {run.id: created_record(run) for run in reversed(runs) if run.id in created}
-    others = [run.id for run in runs if run.id not in created]
+    # An id given twice in one batch is read: which start's row went in is
+    # the database's choice.
+    counts = Counter(run.id for run in runs)
+    records = {
+        run.id: created_record(run) for run in runs if run.id in created and counts[run.id] == 1
+    }
+    others = [run_id for run_id in counts if run_id not in records]
     if others:
         records.update((record.id, record) for record in read(others))
     seen: set[str] = set()
