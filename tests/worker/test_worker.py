@@ -584,12 +584,14 @@ async def test_a_lone_run_survives_its_loop_connection_being_cut(
         assert writer._conn is not None and writer._conn is not first
 
 
-async def test_a_start_cancelled_mid_send_leaves_the_loop_connection_usable(
+async def test_a_start_cancelled_mid_send_is_cancelled_on_the_server(
     make_app: Callable[..., durably.App], backend: str
 ) -> None:
     # PostgreSQL: a lone run's write is sent by the caller's own await, so
     # cancelling the caller (here a start whose create waits on a table lock)
-    # cancels the send. The connection settles, and later writes use it again.
+    # cancels the send, and the statement on the server: the run is not
+    # created behind the caller's back. Later writes use the loop's
+    # connection again (a new one: the interrupted one is dropped).
     app = make_app()
     two = add_two_steps(app)
 
@@ -600,15 +602,21 @@ async def test_a_start_cancelled_mid_send_leaves_the_loop_connection_usable(
             assert writer is None  # SQLite commits on the loop itself, never waiting
             return
         await eventually(writer._ready)
+        # Once more through the loop's connection, so the create below waits
+        # on the lock while executing (a first use waits while being prepared).
+        warm = commit_threads(app)
+        assert await (await app.start(two, 5)).result(timeout=20) == 7
+        assert warm == [("statement", threading.get_ident())] * 3
         with psycopg.connect(app.storage.conninfo) as admin:  # type: ignore[attr-defined]
             admin.execute("LOCK TABLE durably.runs IN ACCESS EXCLUSIVE MODE")
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(app.start(two, 1, id="cancelled"), 0.5)
             assert worker.committer._in_flight == 0
-        await eventually(writer._ready)  # psycopg cancelled the query on the server
+        await eventually(writer._ready)  # the query was cancelled on the server
         calls = commit_threads(app)
         assert await (await app.start(two, 10)).result(timeout=20) == 12
         assert calls == [("statement", threading.get_ident())] * 3
+        await asyncio.sleep(0.3)  # a create the server went on with has committed by now
         assert app.storage.get_runs(["cancelled"]) == []  # its create never committed
 
 

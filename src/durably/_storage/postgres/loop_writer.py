@@ -7,6 +7,7 @@ statement (see ``PostgresStorage.one_statement``), so the committer sends
 them itself on this connection, without blocking the loop: a slow or
 unreachable server delays that run only, as it would on the thread.
 
+The statement itself goes through libpq's own calls (see ``libpq.py``).
 The connection is opened in the background on first need; until it is up,
 and whenever it has sat idle long enough that it might have died unnoticed
 (it is pinged in the background then, for at most ``TEND_PATIENCE``), writes
@@ -27,6 +28,7 @@ from psycopg.pq import TransactionStatus
 
 from ..._errors import DatabaseError, DatabaseUnavailable
 from ..base import RunWrite
+from . import libpq
 from . import queries as q
 
 if TYPE_CHECKING:
@@ -44,6 +46,8 @@ class LoopWriter:
         self._idle_check = idle_check
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._cursor: psycopg.AsyncCursor[Any] | None = None  # reused: a new one costs
+        self._prepared: set[bytes] = set()  # what libpq.execute prepared on this connection
+        self._utf8 = False  # the connection's client encoding (libpq.py sends UTF-8)
         self._used = 0.0  # monotonic time of its last good answer
         self._tending: asyncio.Task[None] | None = None
         self._tried = -RECONNECT_GAP
@@ -84,8 +88,14 @@ class LoopWriter:
         if conn is None or cursor is None or conn.closed or conn.broken:
             raise DatabaseUnavailable(f"{self._storage.url}: connection closed", reached=False)
         try:
-            await cursor.execute(single.sql, single.params)
-            rows = await cursor.fetchall()
+            step = libpq.plan(single.sql) if self._utf8 else None
+            params = libpq.values(step, single.params) if step is not None else None
+            if step is not None and params is not None:
+                count = await self._send_raw(conn, step, params)
+                rows: list[Any] = [()] * count
+            else:
+                await cursor.execute(single.sql, single.params)
+                rows = await cursor.fetchall()
         except psycopg.OperationalError as exc:
             # Sent, and the answer lost: whether it committed is unknown.
             await self._drop()
@@ -94,6 +104,28 @@ class LoopWriter:
             raise DatabaseError(f"{self._storage.url}: {type(exc).__name__}: {exc}") from exc
         self._used = time.monotonic()
         return single.lost(rows)
+
+    async def _send_raw(
+        self, conn: psycopg.AsyncConnection[Any], step: libpq.Plan, params: list[bytes | None]
+    ) -> int:
+        try:
+            return await libpq.execute(conn.pgconn, self._prepared, step, params)
+        except BaseException:
+            if conn.pgconn.transaction_status == TransactionStatus.ACTIVE:
+                # Interrupted with the statement in flight (its caller was
+                # cancelled): as psycopg does, the server is asked to cancel
+                # it; the connection, in a state psycopg does not know, is
+                # dropped (a new one is opened on a later need).
+                await asyncio.shield(self._cancel_and_drop(conn))
+            raise
+
+    async def _cancel_and_drop(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        try:
+            await conn.cancel_safe(timeout=TEND_PATIENCE)
+        except Exception as exc:  # noqa: BLE001 - dropped either way
+            log.debug("cancelling a statement on %s failed: %s", self._storage.url, exc)
+        if self._conn is conn:
+            await self._drop()
 
     async def close(self) -> None:
         self._closed = True
@@ -121,10 +153,12 @@ class LoopWriter:
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
+            self._prepared = set()
             self._conn = await psycopg.AsyncConnection.connect(
                 self._storage.conninfo, autocommit=True, connect_timeout=10
             )
             await self._conn.execute(q.SESSION)
+            self._utf8 = self._conn.info.encoding == "utf-8"
             self._cursor = self._conn.cursor()
         else:
             await conn.execute("SELECT 1")

@@ -1,0 +1,175 @@
+"""A lone run's writes sent through libpq's own calls (``postgres/libpq.py``).
+
+What is sent must arrive exactly as psycopg would have sent it, what cannot
+be sent exactly must be left to psycopg, and errors must be psycopg's own.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+
+import durably
+from durably._storage.postgres import libpq
+
+
+def test_named_parameters_are_numbered_once_each_in_order_of_first_use() -> None:
+    step = libpq.plan("SELECT %(b)s::int, %(a)s::text, %(b)s::int -- plan test 1")
+    assert step is not None
+    assert step.sql == b"SELECT $1::int, $2::text, $1::int -- plan test 1"
+    assert step.names == ("b", "a")
+    assert libpq.plan("SELECT %(b)s::int, %(a)s::text, %(b)s::int -- plan test 1") is step
+    assert libpq.values(step, {"a": "x", "b": 7, "unused": [1]}) == [b"7", b"x"]
+
+
+def test_positional_parameters_are_numbered_in_order() -> None:
+    step = libpq.plan("VALUES (%s::text, %s::float8, %s::bool) -- plan test 2")
+    assert step is not None
+    assert step.sql == b"VALUES ($1::text, $2::float8, $3::bool) -- plan test 2"
+    assert step.names is None
+    assert libpq.values(step, ("é", 0.1, True)) == ["é".encode(), b"0.1", b"t"]
+
+
+def test_statements_it_cannot_number_are_left_to_psycopg() -> None:
+    assert libpq.plan("SELECT '100%%' -- plan test 3") is None
+    assert libpq.plan("SELECT %s, %(a)s -- plan test 4") is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a\x00b",  # a C string would end at the NUL
+        "\udcff",  # a lone surrogate is not UTF-8
+        math.inf,
+        math.nan,
+        [1, 2],
+        b"bytes",
+        1.5j,
+    ],
+    ids=["nul", "surrogate", "inf", "nan", "list", "bytes", "complex"],
+)
+def test_values_it_cannot_send_exactly_are_left_to_psycopg(value: Any) -> None:
+    step = libpq.plan("SELECT %s -- plan test 5")
+    assert step is not None
+    assert libpq.values(step, (value,)) is None
+
+
+def test_floats_are_sent_in_a_form_that_reads_back_exactly() -> None:
+    step = libpq.plan("SELECT %s::float8 -- plan test 6")
+    assert step is not None
+    for value in (0.1 + 0.2, 1_700_000_000.123456, 5e-324, sys.float_info.max, -0.0, 3.0):
+        (text,) = libpq.values(step, (value,)) or [None]
+        assert text is not None and float(text) == value and str(value) in text.decode()
+
+
+@pytest.fixture
+async def conn(postgres_server: Any) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    connection = await psycopg.AsyncConnection.connect(postgres_server.url, autocommit=True)
+    await connection.execute(
+        "CREATE TEMP TABLE libpq_test (k text PRIMARY KEY, f float8, b bool, i bigint, n text)"
+    )
+    yield connection
+    await connection.close()
+
+
+INSERT = (
+    "INSERT INTO libpq_test (k, f, b, i, n) VALUES "
+    "(%(k)s, %(f)s::float8, %(b)s::bool, %(i)s::bigint, %(n)s) RETURNING k"
+)
+
+
+async def _insert(conn: psycopg.AsyncConnection[Any], prepared: set[bytes], **row: Any) -> int:
+    step = libpq.plan(INSERT)
+    assert step is not None
+    params = libpq.values(step, row)
+    assert params is not None
+    return await libpq.execute(conn.pgconn, prepared, step, params)
+
+
+async def test_what_it_sends_reads_back_as_psycopg_would_have_sent_it(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    prepared: set[bytes] = set()
+    rows = [
+        {"k": "ünïcødé ✓ 🎉", "f": 1_700_000_000.123456, "b": True, "i": 2**62, "n": None},
+        {"k": "quote ' and \\ backslash", "f": 0.1 + 0.2, "b": False, "i": -1, "n": "x"},
+    ]
+    for row in rows:
+        assert await _insert(conn, prepared, **row) == 1
+    cursor = await conn.execute("SELECT k, f, b, i, n FROM libpq_test ORDER BY i")
+    stored = await cursor.fetchall()
+    assert stored == [tuple(row.values()) for row in sorted(rows, key=lambda r: r["i"])]
+    # Prepared once on this connection, then only executed.
+    assert len(prepared) == 1
+    names = await (await conn.execute("SELECT name FROM pg_prepared_statements")).fetchall()
+    assert [name for (name,) in names if name.startswith("durably_lw_")] == [
+        next(iter(prepared)).decode()
+    ]
+
+
+async def test_errors_are_psycopgs_own_and_the_connection_stays_usable(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    prepared: set[bytes] = set()
+    assert await _insert(conn, prepared, k="same", f=1.0, b=True, i=1, n=None) == 1
+    with pytest.raises(psycopg.errors.UniqueViolation, match="libpq_test_pkey"):
+        await _insert(conn, prepared, k="same", f=2.0, b=True, i=2, n=None)
+    assert await _insert(conn, prepared, k="other", f=3.0, b=False, i=3, n=None) == 1
+    count = await (await conn.execute("SELECT count(*) FROM libpq_test")).fetchone()
+    assert count == (2,)
+
+
+async def test_a_failure_at_commit_after_the_rows_is_raised_not_taken_as_kept(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    """An autocommitted statement hands back its rows, then fails at its
+    commit (here a deferred constraint; a serialization failure does the
+    same): taking the rows as "kept" would report a write that never
+    committed as durable."""
+    await conn.execute(
+        "CREATE TEMP TABLE libpq_deferred (k int UNIQUE DEFERRABLE INITIALLY DEFERRED)"
+    )
+    await conn.execute("INSERT INTO libpq_deferred VALUES (1)")
+    step = libpq.plan("INSERT INTO libpq_deferred VALUES (%s::int) RETURNING k -- deferred")
+    assert step is not None
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        await libpq.execute(conn.pgconn, set(), step, [b"1"])
+    count = await (await conn.execute("SELECT count(*) FROM libpq_deferred")).fetchone()
+    assert count == (1,)
+    assert await libpq.execute(conn.pgconn, {step.name}, step, [b"2"]) == 1  # still usable
+
+
+async def test_a_lone_run_on_a_connection_that_is_not_utf8_keeps_its_text(
+    postgres_server: Any,
+) -> None:
+    """libpq.py sends text as UTF-8: on a connection with another client
+    encoding its writes go through psycopg, which encodes for it."""
+    name = postgres_server.create()
+    url = postgres_server.url.rpartition("/")[0] + f"/{name}?client_encoding=latin1"
+    app = durably.App("test", url, lease_seconds=2.0)
+
+    @app.step()
+    async def greet(who: str) -> str:
+        return f"café, {who}"
+
+    @app.workflow()
+    async def hello(ctx: durably.Context, who: str) -> str:
+        return await greet(await greet(who))
+
+    try:
+        async with app.worker() as worker:
+            for i in range(3):  # the loop's connection is up after the first
+                handle = await app.start(hello, "zoë", id=f"crème-{i}")
+                assert await handle.result(timeout=20) == "café, café, zoë"
+            assert worker.committer._writer._utf8 is False  # type: ignore[union-attr]
+        with psycopg.connect(postgres_server.url.rpartition("/")[0] + f"/{name}") as check:
+            rows = check.execute("SELECT id, result FROM durably.runs ORDER BY id").fetchall()
+        assert rows == [(f"crème-{i}", '"café, café, zoë"') for i in range(3)]
+    finally:
+        app.close()
+        postgres_server.drop(name)
