@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Callable
 
 import pytest
@@ -171,3 +172,27 @@ async def test_two_children_with_one_id_are_refused(
     async with app.worker():
         said = await (await app.start(twins)).result(timeout=10)
         assert said.startswith("1 child id 'twin' is already used"), said
+
+
+async def test_a_suspended_parent_is_woken_by_its_child_without_waiting_for_a_poll(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """On PostgreSQL a child's end made its suspended parent due but told no
+    worker: the parent ended a whole poll (5 s by default) after its child.
+    Workers are now notified in the transaction that ends the child."""
+    app = make_app(suspend_after=0.0, poll_interval=60.0, lease_seconds=30.0)
+
+    @app.workflow()
+    async def kid(ctx: durably.Context) -> float:
+        await ctx.sleep("nap", 0.5)  # its parent is suspended by then
+        return await ctx.run("ended at", time.time)
+
+    @app.workflow()
+    async def parent(ctx: durably.Context) -> float:
+        return float(await ctx.child(kid))
+
+    async with app.worker():
+        for i in range(2):
+            handle = await app.start(parent, id=f"parent-{i}")
+            child_ended = await handle.result(timeout=60)
+            assert time.time() - child_ended < 10  # woken by the child, not a 60 s poll

@@ -223,3 +223,33 @@ async def test_get_event_waits_until_the_event_is_set(
         assert await app.get_event(handle.id, "ready", timeout=10) is True
         assert time.monotonic() - started >= 0.4
         await handle.cancel()
+
+
+async def test_a_suspended_run_is_woken_by_a_signal_without_waiting_for_a_poll(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """On PostgreSQL a signal to a suspended run made it due, but told no
+    worker: it waited for the worker's next poll (4 s of the default 5 s
+    here). Workers are now notified in the signal's own transaction."""
+    app = make_app(suspend_after=0.0, poll_interval=60.0, lease_seconds=30.0)
+
+    @app.workflow()
+    async def waits(ctx: durably.Context) -> str:
+        return str(await ctx.wait_for("ping", timeout=120))
+
+    async with app.worker():
+        for i in range(2):
+            handle = await app.start(waits, id=f"woken-{i}")
+            await eventually_status(handle, "suspended")
+            began = time.monotonic()
+            await app.signal(handle.id, "ping", f"hello {i}")
+            assert await handle.result(timeout=30) == f"hello {i}"
+            assert time.monotonic() - began < 10  # woken by the signal, not a 60 s poll
+
+
+async def eventually_status(handle: durably.WorkflowHandle, status: str) -> None:
+    for _ in range(200):
+        if await handle.status() == status:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"run {handle.id} never became {status}")

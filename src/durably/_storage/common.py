@@ -166,8 +166,9 @@ def missed_wakeup_sql(update: RunUpdate, mark: str) -> tuple[str, list[Any]]:
     return sql, params
 
 
-def wake_missed(part: Partition, now: float, missed: Callable[[str, RunUpdate], bool]) -> None:
-    """Runs going to sleep whose wake-up already happened are woken at once.
+def wake_missed(part: Partition, now: float, missed: Callable[[str, RunUpdate], bool]) -> set[str]:
+    """Runs going to sleep whose wake-up already happened are woken at once;
+    the ids of those woken (workers must be told: they are due now).
 
     Must run inside the commit's transaction, after signals were consumed and
     before the runs' rows are updated.
@@ -176,6 +177,7 @@ def wake_missed(part: Partition, now: float, missed: Callable[[str, RunUpdate], 
     for params in part.updates:
         if params["id"] in woken:
             params["wake_at"] = now
+    return woken
 
 
 def sql_missed(

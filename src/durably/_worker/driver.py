@@ -99,6 +99,7 @@ class RunDriver:
         self.instance: Instance | None = None
         self.draining = False
         self.finished = False
+        self.releasing = False  # its write in flight hands the run back (suspends it)
         self.task: asyncio.Task[None] | None = None
         self._loop = worker.loop
         self._clock: Callable[[], float] = worker.clock
@@ -393,6 +394,7 @@ class RunDriver:
             update.version = version
         children = [self._new_child(c) for c in commands if isinstance(c, ChildCall) and c.spec]
         events = [(e.name, e.payload or "null") for e in batch.entries if e.kind == Kind.EVENT]
+        self.releasing = update is not None and update.release
         if batch.entries or update is not None:
             write = RunWrite(
                 self.run_id,
@@ -413,6 +415,8 @@ class RunDriver:
             return
         if update is not None and update.release:
             self.finished = True  # suspended out of memory (or handed back)
+            if update.status == "suspended" and update.wake_at is not None:
+                self.worker.due(update.wake_at)
             return
         if self.draining:
             return  # what the code asks for now is asked again after a replay

@@ -93,6 +93,7 @@ class Worker:
         self._reserved = 0  # slots promised to runs being started in this process
         self._starved = False  # the last claim took as many runs as there was room
         self._last_claim = -math.inf  # event-loop time the last claim was sent
+        self._waiting_until: float | None = None  # clock() the claim loop looks again
         self.inline = inline  # simulation: storage calls and commits on the loop thread
         self._watching: set[str] = set()
         self._subscribe_local = subscribe_local
@@ -268,6 +269,13 @@ class Worker:
         """Look for work now (thread-safe)."""
         self._on_loop(self._wake.set)
 
+    def due(self, at: float) -> None:
+        """A run here was just put to sleep until ``at`` (loop thread): look
+        for work by then. Nothing else would say so on PostgreSQL, and the
+        claim loop may be waiting out a whole poll."""
+        if self._waiting_until is None or at < self._waiting_until:
+            self._wake.set()
+
     def _on_loop(self, callback: Callable[[], None]) -> None:
         # From the loop's own thread (the in-process hub) a plain call_soon
         # spares the self-pipe write that call_soon_threadsafe costs.
@@ -352,10 +360,13 @@ class Worker:
                     due = await self.io(self.storage.next_due, names, self.clock(), versions)
                     if due is not None:
                         timeout = min(timeout, max(due - self.clock(), 0.05))
+                self._waiting_until = self.clock() + timeout
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 except asyncio.TimeoutError:
                     pass
+                finally:
+                    self._waiting_until = None
                 # A burst of notifications (a client starting thousands of
                 # runs) gathers into one claim per gap; a lone start, coming
                 # after a quiet spell, is claimed at once.
@@ -456,6 +467,15 @@ class Worker:
             return
         began = claimed_at if claimed_at is not None else self.clock()
         running = self.drivers.get(record.id)
+        if running is not None and running.releasing:
+            # Claimed again while its driver hands it back (a signal or a
+            # child's end made it due as it went to sleep): once that driver
+            # is done, a new one drives it under this claim. (Adopted, the
+            # claim would go with the finishing driver, and the run would
+            # wait a lease for a worker to take it up again.)
+            assert running.task is not None
+            running.task.add_done_callback(lambda _: self._respawn(record, began))
+            return
         if running is not None:
             # We re-claimed a run we still drive (its lease lapsed while our
             # renewals failed or we stood still).

@@ -199,10 +199,16 @@ ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, updated_at = exc
 # scan of the whole table.
 SUSPENDED_BY_ID = "(status || '') = 'suspended'"
 
+# A suspended run made due now: workers are told at commit (on PostgreSQL
+# only a notification wakes a worker's claims before its next poll).
 WAKE_PARENTS = f"""
-UPDATE durably.runs SET wake_at = %s
-WHERE {SUSPENDED_BY_ID} AND id = ANY(ARRAY(
-    SELECT parent_id FROM durably.runs WHERE parent_id IS NOT NULL AND id = ANY(%s)))
+WITH woken AS (
+    UPDATE durably.runs SET wake_at = %s
+    WHERE {SUSPENDED_BY_ID} AND id = ANY(ARRAY(
+        SELECT parent_id FROM durably.runs WHERE parent_id IS NOT NULL AND id = ANY(%s)))
+    RETURNING id
+)
+SELECT pg_notify('durably_work', id) FROM woken
 """
 
 GET_RUNS = f"SELECT {RUN_COLUMNS} FROM durably.runs WHERE id = ANY(%s)"
@@ -219,7 +225,12 @@ INSERT_SIGNAL = """
 INSERT INTO durably.signals (run_id, topic, payload, created_at) VALUES (%s, %s, %s, %s)
 """
 
-WAKE_SUSPENDED = f"UPDATE durably.runs SET wake_at = %s WHERE id = %s AND {SUSPENDED_BY_ID}"
+WAKE_SUSPENDED = f"""
+WITH woken AS (
+    UPDATE durably.runs SET wake_at = %s WHERE id = %s AND {SUSPENDED_BY_ID} RETURNING id
+)
+SELECT pg_notify('durably_work', id) FROM woken
+"""
 
 PENDING_SIGNALS = """
 SELECT id, run_id, topic, payload FROM durably.signals
@@ -316,11 +327,14 @@ WITH w AS (
       AND p.id = ANY(ARRAY(SELECT parent_id FROM fence
                            WHERE status IN ('completed', 'failed', 'cancelled')))
       AND p.id NOT IN (SELECT id FROM w)
+    RETURNING p.id
 ), notes AS (
     SELECT pg_notify('durably_done', id) FROM fence
     WHERE status IN ('completed', 'failed', 'cancelled')
     UNION ALL
     SELECT pg_notify('durably_work', id) FROM fence WHERE release AND status = 'running'
+    UNION ALL
+    SELECT pg_notify('durably_work', id) FROM parents
 )
 SELECT id, (SELECT count(*) FROM notes) FROM fence
 UNION ALL SELECT id, 0 FROM held
@@ -355,11 +369,14 @@ WITH fence AS (
     WHERE (p.status || '') = 'suspended'
       AND p.id = (SELECT parent_id FROM fence  -- one run: one primary-key probe
                   WHERE status IN ('completed', 'failed', 'cancelled'))
+    RETURNING p.id
 ), notes AS (
     SELECT pg_notify('durably_done', id) FROM fence
     WHERE status IN ('completed', 'failed', 'cancelled')
     UNION ALL
     SELECT pg_notify('durably_work', id) FROM fence WHERE %(release)s AND status = 'running'
+    UNION ALL
+    SELECT pg_notify('durably_work', id) FROM parents
 )
 SELECT id, (SELECT count(*) FROM notes) FROM fence
 """

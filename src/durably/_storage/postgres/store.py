@@ -341,7 +341,7 @@ class PostgresStorage(Storage):
                 missed = sql_missed(
                     "%s", q.TABLES, lambda sql, args: cur.execute(sql, args).fetchone()
                 )
-                wake_missed(part, now, missed)
+                woken = wake_missed(part, now, missed)
                 if part.entries:
                     columns = [list(col) for col in zip(*part.entries, strict=True)]
                     cur.execute(q.INSERT_ENTRIES, columns)
@@ -360,6 +360,7 @@ class PostgresStorage(Storage):
                     if u["release"] and u["status"] == "running"
                 ]
                 notes += [(CHANNEL_EVENT, run_id) for run_id in sorted({e[0] for e in part.events})]
+                notes += [(CHANNEL_WORK, run_id) for run_id in sorted(woken)]
                 if notes:
                     cur.executemany(q.NOTIFY, notes)
         return part.rejected
@@ -532,6 +533,8 @@ class PostgresStorage(Storage):
             if ended:
                 conn.execute(q.WAKE_PARENTS, (now, ended), prepare=False)
             notes = [(CHANNEL_DONE, i) for i in ended] + [(CHANNEL_CANCEL, i) for i in marked]
+            # A suspended run marked is due now (to run its compensation).
+            notes += [(CHANNEL_WORK, i) for i in marked]
             if notes:
                 with conn.cursor() as cur:
                     cur.executemany(q.NOTIFY, notes)
