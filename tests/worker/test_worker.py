@@ -18,6 +18,7 @@ import durably
 from conftest import eventually
 from durably._engine.journal import Entry
 from durably._storage.base import RunWrite
+from durably._worker.committer import CommitFailed
 
 
 def peak_counting_step(app: durably.App, seconds: float) -> tuple[Any, dict[str, int]]:
@@ -652,3 +653,57 @@ async def test_a_lone_run_waits_for_another_process_lock_off_the_loop(tmp_path: 
         other.close()
     app.close()
     assert held_ticks >= 20  # about 50: the loop kept running while the lock was held
+
+
+@pytest.mark.parametrize("answer", ["committed", "fate unknown"])
+async def test_a_run_claimed_again_while_its_driver_hands_it_back_gets_a_new_driver(
+    make_app: Callable[..., durably.App], answer: str
+) -> None:
+    """A signal arrives as the run goes to sleep: the run is due again, and
+    this worker claims it before its driver has heard that the suspension
+    committed. That finishing driver used to adopt the claim and drop it
+    with itself (the run waited a whole lease). And if the driver then
+    failed (a write whose fate is unknown), its hand-back released the new
+    claim under the new driver, so another worker could run it as well."""
+    app = make_app(suspend_after=0.0, poll_interval=60.0, lease_seconds=30.0)
+
+    @app.workflow()
+    async def waits(ctx: durably.Context) -> str:
+        return str(await ctx.wait_for("ping", timeout=120))
+
+    released: list[str] = []
+    async with app.worker() as worker:
+        storage: Any = app.storage
+        real_release = storage.release
+
+        def release(worker_id: str, run_ids: Any, now: float) -> Any:
+            released.extend(run_ids)
+            return real_release(worker_id, run_ids, now)
+
+        storage.release = release
+        real_submit = worker.committer.submit
+        raced: list[str] = []
+
+        async def submit(write: RunWrite) -> bool:
+            kept = await real_submit(write)
+            u = write.update
+            if not raced and u is not None and u.release and u.status == "suspended":
+                raced.append(write.run_id)
+                await app.signal(write.run_id, "ping", "hello")  # due again at once
+                run = write.run_id
+                # Claimed again, and the claim handed to the worker (which
+                # spawns at once when its claim comes back).
+                await eventually(
+                    lambda: (
+                        (app.storage.get_run(run) or write).epoch > write.epoch
+                        and worker._claiming is None
+                    )
+                )
+                if answer == "fate unknown":
+                    raise CommitFailed("connection lost after sending", outage=True)
+            return bool(kept)
+
+        worker.committer.submit = submit  # type: ignore[method-assign]
+        handle = await app.start(waits, id="raced")
+        assert await handle.result(timeout=20) == "hello"  # not after a 30 s lease
+    assert raced == ["raced"] and "raced" not in released

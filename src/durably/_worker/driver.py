@@ -100,6 +100,8 @@ class RunDriver:
         self.draining = False
         self.finished = False
         self.releasing = False  # its write in flight hands the run back (suspends it)
+        # Claimed again meanwhile, for a new driver: never hand the run back.
+        self.superseded = False
         self.task: asyncio.Task[None] | None = None
         self._loop = worker.loop
         self._clock: Callable[[], float] = worker.clock
@@ -216,8 +218,10 @@ class RunDriver:
         finally:
             self._cleanup()
             # A run dropped on an error (a failed commit, an unreachable
-            # database) is handed back so it is replayed, here or elsewhere.
-            self.worker.driver_done(self, release=failed)
+            # database) is handed back so it is replayed, here or elsewhere;
+            # not if a new claim of this worker's holds it (that would hand
+            # back the new driver's claim, and another worker could run it too).
+            self.worker.driver_done(self, release=failed and not self.superseded)
 
     # -- main loop -------------------------------------------------------------
     async def _run(self) -> None:

@@ -474,6 +474,7 @@ class Worker:
             # claim would go with the finishing driver, and the run would
             # wait a lease for a worker to take it up again.)
             assert running.task is not None
+            running.superseded = True
             running.task.add_done_callback(lambda _: self._respawn(record, began))
             return
         if running is not None:
