@@ -228,3 +228,30 @@ async def test_workflow_default_deadline(make_app: Callable[..., durably.App]) -
         handle = await app.start(capped)
         with pytest.raises(durably.WorkflowCancelled, match="deadline"):
             await handle.result(timeout=20)
+
+
+async def test_a_suspended_run_is_cancelled_without_waiting_for_a_poll(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """On PostgreSQL a cancellation made a sleeping run due (to run its
+    compensation) but told no worker, so it waited for the worker's poll."""
+    app = make_app(suspend_after=0.0, poll_interval=60.0, lease_seconds=30.0)
+
+    @app.workflow()
+    async def sleeps(ctx: durably.Context) -> str:
+        try:
+            await ctx.sleep("long", 300)
+        except asyncio.CancelledError:
+            return await ctx.run("undo", lambda: "compensated")
+        return "slept"
+
+    async with app.worker():
+        handle = await app.start(sleeps, id="sleeper")
+        await eventually(lambda: app.storage.get_run("sleeper").status == "suspended")  # type: ignore[union-attr]
+        began = time.monotonic()
+        await handle.cancel("changed my mind")
+        with pytest.raises(durably.WorkflowCancelled):
+            await handle.result(timeout=30)
+        assert time.monotonic() - began < 10  # by the cancellation, not a 60 s poll
+        undo = [e for e in app.storage.load_journal("sleeper") if e.name == "undo"]
+        assert len(undo) == 1

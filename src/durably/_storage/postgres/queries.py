@@ -274,7 +274,7 @@ SET cancel_requested = COALESCE(cancel_requested, %(now)s),
     wake_at = CASE WHEN status = 'suspended' THEN %(now)s ELSE wake_at END,
     updated_at = %(now)s
 WHERE (status || '') IN ('running', 'suspended') AND id = ANY(ARRAY(SELECT id FROM tree))
-RETURNING id
+RETURNING id, status
 """
 )
 

@@ -530,11 +530,12 @@ class PostgresStorage(Storage):
             ended = [r[0] for r in tree]
             tree = conn.execute(q.MARK_CANCEL_TREE, params, prepare=False).fetchall()
             marked = [r[0] for r in tree]
+            asleep = [r[0] for r in tree if r[1] == "suspended"]
             if ended:
                 conn.execute(q.WAKE_PARENTS, (now, ended), prepare=False)
             notes = [(CHANNEL_DONE, i) for i in ended] + [(CHANNEL_CANCEL, i) for i in marked]
             # A suspended run marked is due now (to run its compensation).
-            notes += [(CHANNEL_WORK, i) for i in marked]
+            notes += [(CHANNEL_WORK, i) for i in asleep]
             if notes:
                 with conn.cursor() as cur:
                     cur.executemany(q.NOTIFY, notes)
