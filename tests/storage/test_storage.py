@@ -680,6 +680,25 @@ def test_release_keeps_a_suspended_run_asleep(storage: Storage) -> None:
     assert claim_one(storage, "w2", T0 + 60).id == "r"
 
 
+def test_a_release_under_an_old_claim_keeps_the_workers_newer_claim(storage: Storage) -> None:
+    """A driver that failed hands its run back under its own claim's epoch:
+    if the same worker has claimed the run again since (for a new driver),
+    that newer claim must stay, or another worker could run it too."""
+    storage.create_run(new_run("r"))
+    first = claim_one(storage, "w1", T0, ("wf",))
+    storage.commit(
+        "w1", [RunWrite("r", first.epoch, [], RunUpdate(status="running", release=True))], T0
+    )
+    again = claim_one(storage, "w1", T0 + 1, ("wf",))
+    assert again.epoch == first.epoch + 1
+    storage.release("w1", ["r"], T0 + 2, epoch=first.epoch)  # the old driver's hand-back
+    kept = storage.get_run("r")
+    assert kept is not None and kept.owner == "w1" and kept.epoch == again.epoch
+    storage.release("w1", ["r"], T0 + 3, epoch=again.epoch)
+    released = storage.get_run("r")
+    assert released is not None and released.owner is None
+
+
 # -- next_due ---------------------------------------------------------------------------------
 
 

@@ -232,8 +232,11 @@ class Storage(abc.ABC):
         """
 
     @abc.abstractmethod
-    def release(self, worker_id: str, run_ids: Sequence[str], now: float) -> None:
-        """Give runs back (worker shutting down) so others claim them at once."""
+    def release(
+        self, worker_id: str, run_ids: Sequence[str], now: float, *, epoch: int | None = None
+    ) -> None:
+        """Give runs back (worker shutting down) so others claim them at once;
+        with ``epoch``, only under that claim (a later claim is kept)."""
 
     @abc.abstractmethod
     def next_due(

@@ -229,14 +229,21 @@ class Worker:
         if not release and self.write_failures:
             self.write_failures.pop(driver.run_id, None)  # ended or handed on: a fresh count
         if release and not self._stopping:
-            self.loop.create_task(self._release_quietly(driver.run_id))
+            self.loop.create_task(self._release_quietly(driver.run_id, driver.epoch))
         if self._starved and not self._stopping:
             self._wake.set()  # the last claim filled every slot: there may be more
 
-    async def _release_quietly(self, run_id: str) -> None:
+    async def _release_quietly(self, run_id: str, epoch: int) -> None:
         # If this fails too, the lease lapses: the run is no longer renewed.
+        # Only under the driver's own claim: a claim this worker made since
+        # (a new driver's) must not be handed back with it.
         try:
-            await self.io(self.storage.release, self.id, [run_id], self.clock())
+            await self.io(
+                functools.partial(self.storage.release, epoch=epoch),
+                self.id,
+                [run_id],
+                self.clock(),
+            )
         except Exception as exc:  # noqa: BLE001
             self.outage.failed(f"handing back run {run_id}", exc)
 

@@ -282,12 +282,18 @@ class MemoryStorage(Storage):
                     renewed.append(run_id)
             return renewed
 
-    def release(self, worker_id: str, run_ids: Sequence[str], now: float) -> None:
+    def release(
+        self, worker_id: str, run_ids: Sequence[str], now: float, *, epoch: int | None = None
+    ) -> None:
         with self._lock:
             notes = []
             for run_id in run_ids:
                 record = self._runs.get(run_id)
-                if record is not None and record.owner == worker_id:
+                if (
+                    record is not None
+                    and record.owner == worker_id
+                    and (epoch is None or record.epoch == epoch)
+                ):
                     record.owner = None
                     record.lease_until = 0.0 if record.status == "running" else None
                     record.updated_at = now

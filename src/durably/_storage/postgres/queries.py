@@ -150,7 +150,7 @@ RELEASE = """
 WITH released AS (
     UPDATE durably.runs SET owner = NULL, updated_at = %s,
         lease_until = CASE WHEN status = 'running' THEN 0 ELSE NULL END
-    WHERE owner = %s AND id = ANY(%s)
+    WHERE owner = %s AND id = ANY(%s) AND (%s::bigint IS NULL OR epoch = %s::bigint)
     RETURNING workflow, status
 )
 SELECT pg_notify('durably_work', workflow)

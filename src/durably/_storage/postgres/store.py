@@ -457,10 +457,13 @@ class PostgresStorage(Storage):
             params = (now + lease_seconds, worker_id, list(run_ids))
             return [str(r[0]) for r in conn.execute(q.RENEW, params, prepare=False).fetchall()]
 
-    def release(self, worker_id: str, run_ids: Sequence[str], now: float) -> None:
+    def release(
+        self, worker_id: str, run_ids: Sequence[str], now: float, *, epoch: int | None = None
+    ) -> None:
         if run_ids:
             with self._conn() as conn:
-                conn.execute(q.RELEASE, (now, worker_id, list(run_ids)), prepare=False)
+                params = (now, worker_id, list(run_ids), epoch, epoch)
+                conn.execute(q.RELEASE, params, prepare=False)
 
     def next_due(
         self, workflows: Sequence[str], now: float, versions: Sequence[str] = ()

@@ -148,7 +148,7 @@ def release(n_ids: int) -> str:
     return (
         "UPDATE durably_runs SET owner = NULL, updated_at = ?, "
         "lease_until = CASE WHEN status = 'running' THEN 0 ELSE NULL END "
-        "WHERE owner = ? AND id IN (" + ", ".join("?" * n_ids) + ")"
+        "WHERE owner = ? AND (? IS NULL OR epoch = ?) AND id IN (" + ", ".join("?" * n_ids) + ")"
     )
 
 

@@ -370,13 +370,16 @@ class SQLiteStorage(Storage):
 
         return self._retry(tx) if ids else []
 
-    def release(self, worker_id: str, run_ids: Sequence[str], now: float) -> None:
+    def release(
+        self, worker_id: str, run_ids: Sequence[str], now: float, *, epoch: int | None = None
+    ) -> None:
         ids = list(run_ids)
 
         def tx(conn: sqlite3.Connection) -> None:
             with self._write(conn):
                 for chunk in _chunks(ids):
-                    conn.execute(q.release(len(chunk)), [now, worker_id, *chunk])
+                    params = [now, worker_id, epoch, epoch, *chunk]
+                    conn.execute(q.release(len(chunk)), params)
 
         if ids:
             self._retry(tx)
