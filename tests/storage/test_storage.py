@@ -842,6 +842,41 @@ def test_subscribers_hear_about_changes_from_other_connections(
         unsubscribe()
 
 
+def test_a_run_going_to_sleep_after_its_wake_up_is_due_at_once_and_announced(
+    storage: Storage, backend: str
+) -> None:
+    """A signal that arrived while the run was still running: the commit that
+    puts it to sleep finds it, makes the run due now, and (PostgreSQL, where
+    nothing else would wake a worker's claims before its poll) notifies."""
+    storage.create_run(new_run("r"))
+    run = claim_one(storage, "w1", T0)
+    storage.send_signal("r", "ping", '"hi"', T0 + 1)  # running: nothing to wake yet
+    heard: list[tuple[str, str]] = []
+    event = threading.Event()
+
+    def listener(channel: str, payload: str) -> None:
+        heard.append((channel, payload))
+        event.set()
+
+    unsubscribe = storage.subscribe(listener)
+    try:
+        time.sleep(0.3)  # the listener is listening
+        heard.clear()
+        sleep = RunUpdate(status="suspended", wake_at=T0 + 600, release=True)
+        sleep.wake_topics = ("ping",)
+        assert storage.commit("w1", [RunWrite("r", run.epoch, [], sleep)], T0 + 2) == set()
+        record = storage.get_run("r")
+        assert record is not None and record.status == "suspended" and record.wake_at == T0 + 2
+        wanted = ("durably_work", "r") if backend == "postgres" else ("", "")
+        deadline = time.monotonic() + 5
+        while wanted not in heard and time.monotonic() < deadline:
+            event.wait(0.2)
+            event.clear()
+        assert wanted in heard, heard
+    finally:
+        unsubscribe()
+
+
 # -- SQLite under contention from several processes ----------------------------------------------
 
 HAMMER = r"""
