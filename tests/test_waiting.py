@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import durably
+from conftest import eventually, wait_until
 from durably._waiting import RunWatcher
 
 
@@ -43,15 +46,22 @@ def add_flow(app: durably.App) -> Any:
     return flow
 
 
+def worker_and_client(make_app: Callable[..., durably.App]) -> tuple[durably.App, durably.App, Any]:
+    """Two apps on one database, as two processes: one to run workers, one
+    client with no worker (its results come from the database); ``flow`` as
+    the client knows it."""
+    workers, client = make_app(), make_app()
+    add_flow(workers)
+    return workers, client, add_flow(client)
+
+
 async def test_many_waiters_share_their_reads(
     make_app: Callable[..., durably.App], backend: str
 ) -> None:
     # The client has no worker: every result comes from the database. Each
     # run's first read is batched with the other waiters'; after that only
     # ended rows are read, and on PostgreSQL only the runs a NOTIFY names.
-    workers, client = make_app(), make_app()
-    add_flow(workers)
-    flow = add_flow(client)
+    workers, client, flow = worker_and_client(make_app)
     reads = count_reads(client)
     n = 200
     async with workers.worker(concurrency=50):
@@ -59,8 +69,10 @@ async def test_many_waiters_share_their_reads(
         results = await asyncio.gather(*(h.result(timeout=60) for h in handles))
     assert results == [2 * i for i in range(n)]
     assert reads["get_run"] == []  # no read per waiter
-    assert sum(reads["get_runs"]) == n  # each run's first read, once...
-    assert len(reads["get_runs"]) < n / 4  # ...in shared batches
+    # Each run's first read at most once (none for a run whose end was read
+    # ahead, as its handle is held here), in shared batches.
+    assert sum(reads["get_runs"]) <= n
+    assert len(reads["get_runs"]) < n / 4
     # Ended rows read by name, about once each: PostgreSQL's NOTIFY names
     # them, SQLite's log of ended runs lists them (a full re-read at most
     # when the listener (re)connects or the fallback re-check runs).
@@ -89,7 +101,12 @@ async def test_an_end_without_a_journal_entry_reaches_an_outside_waiter_at_once(
     outcomes = await waiting
     assert time.monotonic() - began < 5
     assert all(isinstance(o, durably.WorkflowCancelled) for o in outcomes), outcomes
-    assert sum(reads["ended_runs"]) <= 2 * 10  # never the thirty still pending
+    # Once, as waiting began, a look at the runs of the thirty handles held
+    # and not awaited (had any ended already?); after that, only the runs
+    # that ended are read, never the thirty still pending.
+    calls = reads["ended_runs"]
+    catch_up = max(calls)
+    assert catch_up <= 40 and sum(calls) - catch_up <= 2 * 10, calls
 
 
 def test_sqlite_keeps_a_log_of_every_way_a_run_ends(tmp_path: Any) -> None:
@@ -129,9 +146,7 @@ def test_sqlite_keeps_a_log_of_every_way_a_run_ends(tmp_path: Any) -> None:
 async def test_waiting_on_unknown_runs_fails_them_and_not_the_others(
     make_app: Callable[..., durably.App],
 ) -> None:
-    workers, client = make_app(), make_app()
-    add_flow(workers)
-    flow = add_flow(client)
+    workers, client, flow = worker_and_client(make_app)
     async with workers.worker():
         real = [await client.start(flow, i) for i in range(3)]
         ghosts = [client.get_handle(f"ghost-{i}") for i in range(3)]
@@ -144,6 +159,145 @@ async def test_waiting_on_unknown_runs_fails_them_and_not_the_others(
             assert "no run with id 'ghost-" in str(outcome)
         with pytest.raises(durably.RunNotFound, match="ghost-sync"):
             await asyncio.to_thread(client.get_handle("ghost-sync").result_sync, 30)
+
+
+# -- handles awaited after their runs ended ------------------------------------------
+
+
+def add_slow_last(app: durably.App, last: int) -> Any:
+    """A workflow whose run for ``last`` takes clearly longer than the others."""
+
+    @app.step()
+    async def triple(x: int) -> int:
+        await asyncio.sleep(0.5 if x == last else 0.01)
+        return x * 3
+
+    @app.workflow()
+    async def slow_last(ctx: durably.Context, x: int) -> int:
+        return int(await triple(x))
+
+    return slow_last
+
+
+def total(reads: dict[str, list[int]]) -> int:
+    return sum(len(calls) for calls in reads.values())
+
+
+async def test_handles_awaited_one_by_one_read_nothing_for_runs_that_ended_meanwhile(
+    make_app: Callable[..., durably.App],
+) -> None:
+    # The client awaits the slowest run first, and only then do the workers
+    # start: every other run ends while it waits, announced by a NOTIFY
+    # (PostgreSQL) or in SQLite's log of ended runs. As the client holds
+    # their handles, their rows are read then, with the waiters', so that
+    # awaiting each afterwards reads nothing (it used to be one read, one
+    # round trip, per handle).
+    n = 60
+    workers, client = make_app(), make_app()
+    add_slow_last(workers, n - 1)
+    flow = add_slow_last(client, n - 1)
+    handles = [await client.start(flow, i) for i in range(n)]
+    reads = count_reads(client)
+    slowest = asyncio.ensure_future(handles[-1].result(timeout=60))
+    await eventually(lambda: reads["get_runs"])  # the watcher has begun
+    async with workers.worker(concurrency=n):
+        assert await slowest == 3 * (n - 1)
+    for reads_of_one in reads.values():
+        reads_of_one.clear()
+    results = [await h.result(timeout=60) for h in handles[:-1]]
+    assert results == [3 * i for i in range(n - 1)]
+    assert total(reads) == 0, dict(reads)
+
+
+async def test_a_local_worker_hands_ended_runs_to_the_handles_held_here(
+    make_app: Callable[..., durably.App],
+) -> None:
+    app = make_app()
+    flow = add_flow(app)
+    reads = count_reads(app)
+    async with app.worker(concurrency=20):
+        handles = [await app.start(flow, i) for i in range(20)]
+        await eventually(lambda: not app._workers[0].drivers)  # all ended, none awaited
+        results = [await h.result(timeout=30) for h in handles]
+        assert [h.result_sync(timeout=30) for h in handles] == results
+    assert results == [2 * i for i in range(20)]
+    assert total(reads) == 0, dict(reads)
+
+
+async def test_starting_an_id_that_already_ended_reads_nothing_more(
+    make_app: Callable[..., durably.App],
+) -> None:
+    workers, client, flow = worker_and_client(make_app)
+    async with workers.worker():
+        first = await client.start(flow, 4, id="once")
+        assert await first.result(timeout=30) == 8
+    reads = count_reads(client)
+    again = await client.start(flow, 5, id="once")
+    assert await again.result(timeout=30) == 8  # the first run's result, as started
+    assert total(reads) == 0, dict(reads)
+
+
+async def test_a_failed_run_is_never_answered_from_memory_as_it_can_be_retried(
+    make_app: Callable[..., durably.App],
+) -> None:
+    # `durably retry` reopens a failed run: a handle held all along must
+    # then wait for the run's new end, not repeat the failure it saw before.
+    app = make_app(poll_interval=0.2)
+    broken = [True]  # the bug, fixed before the retry
+
+    @app.step()
+    async def check(x: int) -> int:
+        return x
+
+    @app.workflow()
+    async def fragile(ctx: durably.Context, x: int) -> int:
+        value = int(await check(x))
+        if broken[0]:
+            raise ValueError("not yet")
+        return value
+
+    async with app.worker():
+        handle = await app.start(fragile, 7)
+        # It fails with nobody waiting: its worker here offers the row to the handle.
+        while await handle.status() != "failed":
+            await asyncio.sleep(0.02)
+        broken[0] = False
+        assert app.storage.set_status(handle.id, "pending", time.time(), expect=("failed",))
+        assert await handle.result(timeout=30) == 7
+
+
+async def test_a_handle_never_answers_from_a_database_the_app_has_left(
+    make_app: Callable[..., durably.App], tmp_path: Any
+) -> None:
+    app = make_app()
+    flow = add_flow(app)
+    async with app.worker():
+        handle = await app.start(flow, 1, id="same-id")
+        await eventually(lambda: not app._workers[0].drivers)  # ended, handed to the handle
+    app.use_database(f"sqlite:///{tmp_path / 'other.db'}")
+    with pytest.raises(durably.RunNotFound):
+        await handle.result(timeout=5)  # asks the database in use, where it is not
+    async with app.worker():
+        assert await (await app.start(flow, 5, id="same-id")).result(timeout=30) == 10
+    assert await handle.result(timeout=5) == 10  # the run of that id there
+
+
+def test_one_handle_per_run_while_held(make_app: Callable[..., durably.App]) -> None:
+    # A short-lived handle to a run never takes its end away from a held one.
+    app = make_app()
+    flow = add_flow(app)
+    held = app.start_sync(flow, 1)
+    assert app.get_handle(held.id) is held
+
+
+def test_an_app_keeps_no_handle_alive(make_app: Callable[..., durably.App]) -> None:
+    app = make_app()
+    flow = add_flow(app)
+    handle = app.start_sync(flow, 1)
+    ref = weakref.ref(handle)
+    del handle
+    gc.collect()
+    assert ref() is None
 
 
 # -- the watcher on its own, fed by plain functions ---------------------------------
@@ -184,10 +338,16 @@ def watcher_over(
 
 
 def logged_watcher(
-    rows: dict[str, str], on_first_read: Callable[[str], None] = lambda run_id: None
+    rows: dict[str, str],
+    on_first_read: Callable[[str], None] = lambda run_id: None,
+    *,
+    logged: bool = True,
+    **ahead: Any,
 ) -> tuple[RunWatcher, list[Callable[[str, str], None]], list[str]]:
-    """A watcher over ``rows`` with a log of ended runs (as SQLite keeps) and
-    a full re-check too far off (30 s) to hide a missed end."""
+    """A watcher over ``rows`` with a log of ended runs (as SQLite keeps;
+    without one if not ``logged``, as PostgreSQL, whose NOTIFY names runs)
+    and a full re-check too far off (30 s) to hide a missed end. ``ahead``:
+    the read-ahead callbacks (``soon``, ``keep``, ``held``)."""
     listeners: list[Callable[[str, str], None]] = []
     log: list[str] = []
 
@@ -197,7 +357,9 @@ def logged_watcher(
             on_first_read(run_id)
         return found
 
-    def ended_since(position: int | None) -> tuple[list[str], int]:
+    def ended_since(position: int | None) -> tuple[list[str], int] | None:
+        if not logged:
+            return None
         return ([], len(log)) if position is None else (log[position:], len(log))
 
     def subscribe(listener: Callable[[str, str], None]) -> Callable[[], None]:
@@ -212,6 +374,7 @@ def logged_watcher(
         lambda row: row.status == "completed",
         30.0,
         ended_since,
+        **ahead,
     )
     return watcher, listeners, log
 
@@ -288,4 +451,93 @@ def test_a_first_read_that_would_always_fail_fails_its_waiters_and_outages_are_w
     assert not waiting.done()  # an outage: waited out, not raised
     fail.clear()
     assert waiting.result(timeout=5).status == "completed"
+    watcher.close()
+
+
+class Held:
+    """The app's side of reading ahead: handles held for some runs."""
+
+    def __init__(self, *run_ids: str) -> None:
+        self.run_ids = list(run_ids)
+        self.kept: dict[str, Row] = {}
+        self.looked_up = 0  # calls of held()
+
+    def soon(self, run_id: str) -> bool:
+        return run_id in self.run_ids and run_id not in self.kept
+
+    def keep(self, row: Row) -> None:
+        self.kept[row.id] = row
+
+    def held(self) -> list[str]:
+        self.looked_up += 1
+        return [run_id for run_id in self.run_ids if run_id not in self.kept]
+
+    def callbacks(self) -> dict[str, Any]:
+        return {"soon": self.soon, "keep": self.keep, "held": self.held}
+
+
+def test_a_held_run_named_by_a_notification_is_read_and_kept_waiter_or_not() -> None:
+    rows = {"w": "running", "h1": "running", "h2": "running", "other": "running"}
+    app = Held("h1", "h2")
+    watcher, listeners, _ = logged_watcher(rows, logged=False, **app.callbacks())
+    waiting = watcher.watch("w")
+    for run_id in ("h1", "other"):
+        rows[run_id] = "completed"
+        for listener in listeners:
+            listener("durably_done", run_id)  # as PostgreSQL's NOTIFY names it
+    wait_until(lambda: "h1" in app.kept, 5)
+    rows["w"] = "completed"
+    for listener in listeners:
+        listener("durably_done", "w")
+    assert waiting.result(timeout=5).status == "completed"
+    assert "w" not in app.kept  # its waiter had it
+    rows["h2"] = "completed"  # nobody waits any more: still read
+    for listener in listeners:
+        listener("durably_done", "h2")
+    wait_until(lambda: "h2" in app.kept, 5)
+    assert set(app.kept) == {"h1", "h2"}  # never "other", held by nobody here
+    watcher.close()
+
+
+def test_the_app_failing_to_say_what_it_holds_never_stops_the_watcher() -> None:
+    rows = {"a": "running", "b": "running", "x": "completed"}
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("dictionary changed size during iteration")
+
+    watcher, listeners, _ = logged_watcher(
+        rows, logged=False, soon=broken, held=broken, keep=broken
+    )
+    waiting = watcher.watch("a")
+    for listener in listeners:
+        listener("durably_done", "x")  # nobody waits for it: the app is asked
+    rows["a"] = "completed"
+    for listener in listeners:
+        listener("durably_done", "a")
+    assert waiting.result(timeout=5).status == "completed"
+    rows["b"] = "completed"
+    assert watcher.watch("b").result(timeout=5).status == "completed"  # alive
+    watcher.close()
+
+
+def test_after_a_spell_with_nobody_waiting_the_log_is_read_on_from_where_it_was() -> None:
+    # SQLite: ends while nobody waited are found in the log when someone
+    # waits again, not by looking up every held handle's run once more.
+    rows = {"a": "running", "b": "running", "h": "running"}
+    app = Held("h")
+    watcher, listeners, log = logged_watcher(rows, **app.callbacks())
+    first = watcher.watch("a")
+    rows["a"] = "completed"
+    log.append("a")
+    changed(listeners)
+    assert first.result(timeout=5).status == "completed"
+    rows["h"] = "completed"  # nobody waits now
+    log.append("h")
+    changed(listeners)
+    time.sleep(0.2)  # a pass or more with nobody waiting
+    assert "h" not in app.kept
+    second = watcher.watch("b")
+    wait_until(lambda: "h" in app.kept, 5)
+    assert app.looked_up == 1  # once, when the watcher began
+    assert not second.done()
     watcher.close()

@@ -21,6 +21,10 @@ class WorkflowHandle:
     def __init__(self, app: App, run_id: str) -> None:
         self._app = app
         self.id = run_id
+        # The run's final row, if it ended before anyone waited here (the
+        # app hands it over, tagged with its database's generation): an ended
+        # run never changes, except a failed one, which is never kept.
+        self._ended: tuple[int, RunRecord] | None = None
 
     @property
     def run_id(self) -> str:
@@ -42,7 +46,7 @@ class WorkflowHandle:
         :class:`ResultTimeout` (a ``TimeoutError``) after ``timeout`` seconds.
         """
         seconds = _seconds(timeout)
-        record = await self._app._await_terminal(self.id, seconds)
+        record = self._app._kept_end(self) or await self._app._await_terminal(self.id, seconds)
         return self._outcome(record, seconds)
 
     async def cancel(self, reason: str = "cancelled") -> str:
@@ -65,7 +69,7 @@ class WorkflowHandle:
 
     def result_sync(self, timeout: float | dt.timedelta | None = None) -> Any:
         seconds = _seconds(timeout)
-        record = self._app._await_terminal_sync(self.id, seconds)
+        record = self._app._kept_end(self) or self._app._await_terminal_sync(self.id, seconds)
         return self._outcome(record, seconds)
 
     # -- shared ------------------------------------------------------------

@@ -127,6 +127,14 @@ class RunWatcher:
     process hands over the final row directly (``resolve``): no read at
     all. A first read that fails for any reason but an outage fails its
     waiters; an outage is waited out.
+
+    Runs nobody waits for yet but that ``soon`` says will be (a handle to
+    them is held in this process) are read as their ends are announced, in
+    the same batches, and their rows go to ``keep``: a caller awaiting
+    thousands of handles one by one then reads nothing at all, instead of
+    one round trip each. Whenever the watcher starts following ends (its
+    first pass; on SQLite, after a spell with nobody waiting), the ones
+    ``held`` lists that ended before are read once, in one batch.
     """
 
     def __init__(
@@ -138,7 +146,13 @@ class RunWatcher:
         terminal: Callable[[Any], bool],
         recheck: float,
         ended_since: Callable[[int | None], tuple[list[str], int] | None] = lambda _: None,
+        soon: Callable[[str], bool] = lambda _: False,
+        keep: Callable[[Any], None] = lambda _: None,
+        held: Callable[[], list[str]] = list,
     ) -> None:
+        self._soon = soon
+        self._held = held
+        self._keep = keep
         self._fetch = fetch
         self._ended_since = ended_since
         self._fetch_ended = fetch_ended
@@ -151,6 +165,7 @@ class RunWatcher:
         self._local: set[str] = set()  # runs whose worker here hands the row over
         self._new: set[str] = set()  # not read yet since they were watched
         self._named: set[str] = set()  # a notification said these ended
+        self._ahead: set[str] = set()  # ended, unwatched, but ``soon`` wants them
         self._all = False  # a change may concern any watched run
         self._event = threading.Event()
         self._thread: threading.Thread | None = None
@@ -202,9 +217,12 @@ class RunWatcher:
                 self._local.discard(run_id)
 
     def resolve(self, record: Any) -> None:
-        self._settle(record.id, record, None)
+        """The final row of a run: to its waiters, or kept for a handle held here."""
+        if not self._settle(record.id, record, None) and not self._closed:
+            self._keep(record)
 
-    def _settle(self, run_id: str, record: Any, error: Callable[[], BaseException] | None) -> None:
+    def _settle(self, run_id: str, record: Any, error: Callable[[], BaseException] | None) -> bool:
+        """Answer the run's waiters; False if there were none."""
         with self._lock:
             waiting = self._futures.pop(run_id, [])
             self._local.discard(run_id)
@@ -216,6 +234,7 @@ class RunWatcher:
                     future.set_exception(error())
                 else:
                     future.set_result(record)
+        return bool(waiting)
 
     def _fail_all(self, error: Callable[[str], BaseException]) -> None:
         """Every waiter gets ``error(run_id)`` raised (each its own)."""
@@ -239,9 +258,16 @@ class RunWatcher:
             self._event.set()
         elif channel == "durably_done":
             with self._lock:  # a worker here hands its own runs over: no read
-                wanted = payload in self._futures and payload not in self._local
-                if wanted:
-                    self._named.add(payload)
+                if payload in self._futures:
+                    wanted = payload not in self._local
+                    if wanted:
+                        self._named.add(payload)
+                else:
+                    wanted = False
+            if not wanted and self._soon_among({payload}):
+                with self._lock:
+                    self._ahead.add(payload)
+                wanted = True
             if wanted:
                 self._event.set()
 
@@ -281,6 +307,8 @@ class RunWatcher:
             return
         last_full = time.monotonic()
         position: int | None = None  # how far the ended log was read (SQLite)
+        following = False  # every end since reaches this watcher (by name or the log)
+        changed = False  # a change came while nobody waited
         try:
             while True:
                 self._event.wait(self._recheck)
@@ -297,10 +325,19 @@ class RunWatcher:
                     local = self._local & watched
                     new, self._new = self._new & watched, set()
                     named, self._named = self._named & watched, set()
+                    ahead, self._ahead = self._ahead - watched, set()
                     everything, self._all = self._all or due, False
                 if not watched:
-                    position = None  # nobody waits: nothing to follow meanwhile
+                    # The log is read when someone waits again, from where it
+                    # was left: the ends meanwhile are in it.
+                    changed = changed or everything
+                    if ahead:
+                        self._read_ahead(ahead)
                     continue
+                everything, changed = everything or changed, False
+                if not following:
+                    following = True
+                    ahead |= self._held_now() - watched
                 if position is None:
                     # Taken before the first reads: whatever ends after them is
                     # in the log. Runs watched before may have ended unlogged-for:
@@ -313,7 +350,10 @@ class RunWatcher:
                     ended, position = self._read_log(position)
                     if ended is not None:
                         named |= ended & (watched - local)  # local ones are handed over
+                        ahead |= self._soon_among(ended - watched)
                         everything = False
+                    else:
+                        following = False  # ends were missed: look at the held handles again
                 try:
                     self._first_read(new)
                 except DatabaseUnavailable:  # an outage: try again later
@@ -323,6 +363,7 @@ class RunWatcher:
                     for run_id in new:
                         self._settle(run_id, None, functools.partial(_copy_error, exc))
                 others = (watched - new) if everything else (named - new)
+                others |= ahead  # their failure to read is nobody's loss
                 try:
                     for record in self._fetch_ended(sorted(others)) if others else []:
                         self.resolve(record)
@@ -336,6 +377,30 @@ class RunWatcher:
         finally:
             for stop in unsubscribe:
                 stop()
+
+    def _read_ahead(self, ahead: set[str]) -> None:
+        """Read ended runs nobody waits for yet; a failure only means their
+        waiters, if any come, read them themselves."""
+        try:
+            records = self._fetch_ended(sorted(ahead))
+        except Exception:  # noqa: BLE001 - nothing depends on it
+            return
+        for record in records:
+            self.resolve(record)
+
+    # Reading ahead is only an optimisation: whatever fails in the app's
+    # callbacks must never stop the thread that answers the waiters.
+    def _soon_among(self, run_ids: set[str]) -> set[str]:
+        try:
+            return {run_id for run_id in run_ids if self._soon(run_id)}
+        except Exception:  # noqa: BLE001
+            return set()
+
+    def _held_now(self) -> set[str]:
+        try:
+            return set(self._held())
+        except Exception:  # noqa: BLE001
+            return set()
 
     def _log_position(self) -> int | None:
         """Where the storage's log of ended runs ends now; None without one."""
