@@ -606,7 +606,12 @@ class App:
         return await self._off_loop(self.cancel_sync, run_id, reason)
 
     def get_handle(self, run_id: str) -> WorkflowHandle:
-        """A handle to an existing run (checked when used)."""
+        """A handle to an existing run (checked when used).
+
+        While a handle to the run is held in this process, that same handle
+        is returned: a run that ends before it is awaited hands it its
+        result, so awaiting it reads nothing.
+        """
         return self._handle(run_id)
 
     async def list_runs(

@@ -672,7 +672,15 @@ async def test_a_run_claimed_again_while_its_driver_hands_it_back_gets_a_new_dri
         return str(await ctx.wait_for("ping", timeout=120))
 
     released: list[str] = []
+    taken: list[int] = []  # the worker's slots in use as the new driver is about to start
     async with app.worker() as worker:
+        real_respawn = worker._respawn
+
+        def respawn(record: Any, claimed_at: float) -> None:
+            taken.append(worker._occupied())
+            real_respawn(record, claimed_at)
+
+        worker._respawn = respawn  # type: ignore[method-assign]
         storage: Any = app.storage
         real_release = storage.release
 
@@ -707,3 +715,7 @@ async def test_a_run_claimed_again_while_its_driver_hands_it_back_gets_a_new_dri
         handle = await app.start(waits, id="raced")
         assert await handle.result(timeout=20) == "hello"  # not after a 30 s lease
     assert raced == ["raced"] and "raced" not in released
+    # Its slot stayed taken from the claim to the new driver (the old one is
+    # gone by then): a claim or a start in between could have put one run
+    # more in the worker than its concurrency allows.
+    assert taken == [1]

@@ -200,7 +200,12 @@ class RunDriver:
         try:
             await self._run()
         except LeaseLost:
-            log.info("run %s: taken over by another worker; dropped here", self.run_id)
+            log.info(
+                "run %s: no longer held under claim %d (its lease lapsed and it was "
+                "claimed again, by this worker or another); dropped here",
+                self.run_id,
+                self.epoch,
+            )
         except asyncio.CancelledError:
             pass
         except DatabaseUnavailable as exc:

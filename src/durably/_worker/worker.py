@@ -91,6 +91,9 @@ class Worker:
         self._publish = publish
         self._on_ended = on_ended
         self._reserved = 0  # slots promised to runs being started in this process
+        # Runs claimed again while their old driver finishes: each holds a slot
+        # until its new driver starts, and is handed back if the worker stops.
+        self._respawning: set[str] = set()
         self._starved = False  # the last claim took as many runs as there was room
         self._last_claim = -math.inf  # event-loop time the last claim was sent
         self._waiting_until: float | None = None  # clock() the claim loop looks again
@@ -172,7 +175,7 @@ class Worker:
                     self._spawn(record, self._claim_began)
             except Exception:  # noqa: BLE001 - nothing was claimed then
                 pass
-        held = set(self.drivers)
+        held = set(self.drivers) | self._respawning
         for driver in list(self.drivers.values()):
             driver.drain()
         pending = {d.task: d for d in self.drivers.values() if d.task is not None}
@@ -323,7 +326,7 @@ class Worker:
         while not self._stopping:
             try:
                 self._wake.clear()
-                room = self.concurrency - len(self.drivers) - self._reserved
+                room = self.concurrency - self._occupied()
                 want = min(room, CLAIM_BATCH)
                 claimed: list[RunRecord] = []
                 if want > 0:
@@ -388,7 +391,10 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
 
     def has_room(self) -> bool:
-        return not self._stopping and len(self.drivers) + self._reserved < self.concurrency
+        return not self._stopping and self._occupied() < self.concurrency
+
+    def _occupied(self) -> int:
+        return len(self.drivers) + self._reserved + len(self._respawning)
 
     def _alone(self, run_id: str) -> bool:
         """Whether no run but ``run_id`` is in progress here (the committer's cue
@@ -482,6 +488,7 @@ class Worker:
             # wait a lease for a worker to take it up again.)
             assert running.task is not None
             running.superseded = True
+            self._respawning.add(record.id)
             running.task.add_done_callback(lambda _: self._respawn(record, began))
             return
         if running is not None:
@@ -496,6 +503,7 @@ class Worker:
                 # more than this driver knows: drop the driver, replay the run.
                 running.lost()
                 assert running.task is not None
+                self._respawning.add(record.id)
                 running.task.add_done_callback(lambda _: self._respawn(record, began))
             return
         self.claimed_total += 1
@@ -510,7 +518,8 @@ class Worker:
         )
 
     def _respawn(self, record: RunRecord, claimed_at: float) -> None:
-        if not self._stopping:  # else its lease lapses and anyone takes it over
+        self._respawning.discard(record.id)
+        if not self._stopping:  # else stop() hands it back (it was held then)
             self._spawn(record, claimed_at)
 
     async def _watch_loop(self) -> None:
