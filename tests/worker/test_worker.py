@@ -677,7 +677,7 @@ async def test_a_run_claimed_again_while_its_driver_hands_it_back_gets_a_new_dri
         real_respawn = worker._respawn
 
         def respawn(record: Any, claimed_at: float) -> None:
-            taken.append(worker._occupied())
+            taken.append(worker._occupied() - worker._reserved)  # not a claim in flight
             real_respawn(record, claimed_at)
 
         worker._respawn = respawn  # type: ignore[method-assign]

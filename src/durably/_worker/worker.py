@@ -494,7 +494,9 @@ class Worker:
         if running is not None:
             # We re-claimed a run we still drive (its lease lapsed while our
             # renewals failed or we stood still).
-            if record.epoch == running.epoch + 1:
+            if record.epoch <= running.epoch:
+                pass  # an answer older than the claim the driver holds: nothing new
+            elif record.epoch == running.epoch + 1:
                 # Nobody held it in between (each claim adds one to the
                 # epoch): the journal is what the driver holds in memory.
                 running.adopt(record.epoch, began)
@@ -518,9 +520,10 @@ class Worker:
         )
 
     def _respawn(self, record: RunRecord, claimed_at: float) -> None:
+        if self._stopping:
+            return  # left in _respawning: stop() hands it back
         self._respawning.discard(record.id)
-        if not self._stopping:  # else stop() hands it back (it was held then)
-            self._spawn(record, claimed_at)
+        self._spawn(record, claimed_at)
 
     async def _watch_loop(self) -> None:
         """Hand new signals, ended children and cancellations to runs in memory."""
