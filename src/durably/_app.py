@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import datetime as dt
 import functools
 import inspect
@@ -14,7 +13,6 @@ import signal
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -32,6 +30,7 @@ from ._errors import (
 )
 from ._gc import tune_for_worker
 from ._handle import WorkflowHandle
+from ._handles import Handles
 from ._loops import run_loop
 from ._registry import StepDef, WorkflowDef, make_step, source_version
 from ._retry import Retry
@@ -58,11 +57,6 @@ P = ParamSpec("P")
 
 # Waiters re-read the run at least this often even if no notification came.
 _RESULT_POLL = 2.0
-# At most this many handles' runs are looked up when waiting for results
-# begins (the ones that ended before the watcher was listening).
-_HELD_READ_AHEAD = 10_000
-# A kept row drops its arguments above this size: the handle may live long.
-_KEPT_ARGS = 1024
 
 
 class App:
@@ -105,14 +99,7 @@ class App:
         self._recheck = _RESULT_POLL  # seconds between re-reads while waiting
         self._starts: Batcher[NewRun, tuple[RunRecord, bool]] | None = None
         self._watcher: RunWatcher | None = None
-        # Handles given out here, by run id: a run that ends before its
-        # handle is awaited gets its final row handed to the handle. Rows are
-        # tagged with the database's generation (one per open): a handle
-        # never answers from a database the app has since closed or swapped.
-        self._handles: weakref.WeakValueDictionary[str, WorkflowHandle] = (
-            weakref.WeakValueDictionary()
-        )
-        self._generation = 0
+        self._handles = Handles(self)  # given out here; they get their runs' ends
         self._workers: list[Worker] = []  # running in this process
         self._stopping_workers = 0  # left the list, still handing runs back
 
@@ -274,8 +261,7 @@ class App:
                 self.database_url = then_use
             storage, self._storage = self._storage, None
             watcher, self._watcher = self._watcher, None
-            self._handles = weakref.WeakValueDictionary()
-            self._generation += 1
+            self._handles.reset()
         if watcher is not None:
             watcher.close()
         if storage is not None:
@@ -313,9 +299,9 @@ class App:
                     lambda record: record.status in TERMINAL,
                     self._recheck,
                     self._ended_since,
-                    self._awaited_soon,
-                    functools.partial(self._keep, generation=self._generation),
-                    self._held_handles,
+                    self._handles.awaited_soon,
+                    functools.partial(self._handles.keep, generation=self._handles.generation),
+                    self._handles.held,
                 )
             return self._watcher
 
@@ -337,60 +323,7 @@ class App:
         if watcher is not None:
             watcher.resolve(record)
         else:
-            self._keep(record)
-
-    def _handle(self, run_id: str) -> WorkflowHandle:
-        """The handle to ``run_id``: one per run while it is held anywhere
-        here, so that whichever copy is awaited finds the run's end."""
-        handle = self._handles.get(run_id)
-        if handle is None:
-            handle = self._handles[run_id] = WorkflowHandle(self, run_id)
-        return handle
-
-    def _kept_end(self, handle: WorkflowHandle) -> RunRecord | None:
-        """The final row handed to ``handle``, if it came from the database in use."""
-        kept = handle._ended
-        return kept[1] if kept is not None and kept[0] == self._generation else None
-
-    def _awaited_soon(self, run_id: str) -> bool:
-        """Whether a handle held here may soon wait for the run (and has no final row yet)."""
-        handle = self._handles.get(run_id)
-        return handle is not None and self._kept_end(handle) is None
-
-    def _held_handles(self) -> list[str]:
-        """The runs of the latest handles held here with no final row yet."""
-        # The underlying dict (of weak references), copied in one C call:
-        # iterating the mapping could fail as another thread adds a handle.
-        # The copy can fail too, if a collection it triggers drops a handle.
-        refs: dict[str, weakref.ref[WorkflowHandle]] = self._handles.data  # type: ignore[attr-defined]
-        for _ in range(3):
-            try:
-                entries = list(refs.items())
-                break
-            except RuntimeError:
-                continue
-        else:
-            return []
-        held = [
-            run_id
-            for run_id, ref in entries
-            if (handle := ref()) is not None and self._kept_end(handle) is None
-        ]
-        return held[-_HELD_READ_AHEAD:]
-
-    def _keep(self, record: RunRecord, generation: int | None = None) -> None:
-        """A run that nobody waits for has ended: give its final row to the
-        handle held here, if any, so that awaiting it reads nothing. Not a
-        failure: ``durably retry`` can reopen a failed run, and a handle
-        awaited after that must see the run as it is then."""
-        if record.status == "failed" or generation not in (None, self._generation):
-            return
-        handle = self._handles.get(record.id)
-        if handle is None:
-            return
-        if len(record.args) > _KEPT_ARGS:  # the outcome needs no arguments
-            record = dataclasses.replace(record, args="")
-        handle._ended = (self._generation if generation is None else generation, record)
+            self._handles.keep(record)
 
     # -- starting runs -----------------------------------------------------------
     def _definition(self, workflow: Any) -> WorkflowDef:
@@ -462,9 +395,9 @@ class App:
             )
         if created:
             self._hub.publish(CHANNEL_WORK, run.workflow)
-        handle = self._handle(run.id)
+        handle = self._handles.handle(run.id)
         if record.status in TERMINAL:  # an id started before, ended already
-            self._keep(record)
+            self._handles.keep(record)
         return handle
 
     async def start(
@@ -488,7 +421,7 @@ class App:
         if local is not None and await local.start_local(run):
             # Created already claimed by the worker in this process: no claim,
             # no journal read, no wake-up notification needed.
-            return self._handle(run.id)
+            return self._handles.handle(run.id)
         record, created = await self._submit_start_async(run)
         return self._created(run, record, created)
 
@@ -612,7 +545,7 @@ class App:
         is returned: a run that ends before it is awaited hands it its
         result, so awaiting it reads nothing.
         """
-        return self._handle(run_id)
+        return self._handles.handle(run_id)
 
     async def list_runs(
         self, *, status: str | None = None, workflow: str | None = None, limit: int = 100

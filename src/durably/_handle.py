@@ -46,7 +46,9 @@ class WorkflowHandle:
         :class:`ResultTimeout` (a ``TimeoutError``) after ``timeout`` seconds.
         """
         seconds = _seconds(timeout)
-        record = self._app._kept_end(self) or await self._app._await_terminal(self.id, seconds)
+        record = self._app._handles.kept_end(self) or await self._app._await_terminal(
+            self.id, seconds
+        )
         return self._outcome(record, seconds)
 
     async def cancel(self, reason: str = "cancelled") -> str:
@@ -69,7 +71,9 @@ class WorkflowHandle:
 
     def result_sync(self, timeout: float | dt.timedelta | None = None) -> Any:
         seconds = _seconds(timeout)
-        record = self._app._kept_end(self) or self._app._await_terminal_sync(self.id, seconds)
+        record = self._app._handles.kept_end(self) or self._app._await_terminal_sync(
+            self.id, seconds
+        )
         return self._outcome(record, seconds)
 
     # -- shared ------------------------------------------------------------
