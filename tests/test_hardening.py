@@ -92,10 +92,10 @@ async def test_worker_reclaiming_its_own_lapsed_run_keeps_driving_it(
     broken_until = [time.monotonic() + 1.5]
     executions: list[str] = []
 
-    def failing_renew(worker_id: str, now: float, lease_seconds: float) -> int:
+    def failing_renew(worker_id: str, run_ids: Any, now: float, lease_seconds: float) -> Any:
         if time.monotonic() < broken_until[0]:
             raise DatabaseError("statement timeout (simulated)")
-        return real_renew(worker_id, now, lease_seconds)
+        return real_renew(worker_id, run_ids, now, lease_seconds)
 
     storage.renew = failing_renew  # type: ignore[method-assign]
 

@@ -599,7 +599,7 @@ def test_suspended_run_still_held_waits_for_its_lease(storage: Storage, other: S
     assert record is not None and record.owner == "w1" and record.status == "suspended"
 
     assert other.claim("w2", ["wf"], 10, T0 + 3, LEASE) == []  # due, but held
-    assert storage.renew("w1", ["r"], T0 + 8, LEASE) == ["r"]  # suspended ones too
+    assert storage.renew("w1", ["r"], T0 + 8, LEASE) == {"r": run.epoch}  # suspended ones too
     assert other.claim("w2", ["wf"], 10, T0 + LEASE + 1, LEASE) == []
     taken = claim_one(other, "w2", T0 + 8 + LEASE + 1)
     assert taken.owner == "w2" and taken.epoch == run.epoch + 1
@@ -612,10 +612,25 @@ def test_renew_extends_only_the_runs_named(storage: Storage) -> None:
     storage.create_run(new_run("x1", "a", T0))
     storage.create_run(new_run("x2", "a", T0 + 0.1))
     assert len(storage.claim("w1", ["a"], 10, T0, LEASE)) == 2
-    assert storage.renew("w1", ["x1"], T0 + 5, LEASE) == ["x1"]  # x2: its driver is gone
+    assert list(storage.renew("w1", ["x1"], T0 + 5, LEASE)) == ["x1"]  # x2: its driver is gone
     x1, x2 = storage.get_run("x1"), storage.get_run("x2")
     assert x1 is not None and x1.lease_until == pytest.approx(T0 + 5 + LEASE)
     assert x2 is not None and x2.lease_until == pytest.approx(T0 + LEASE)
+
+
+def test_renew_says_under_which_claim_each_run_is_held(storage: Storage, other: Storage) -> None:
+    # A driver holding the first claim learns that the run is this worker's
+    # under a claim two further on: another worker held it in between.
+    storage.create_run(new_run("r", created_at=T0))
+    first = claim_one(storage, "w1", T0)
+    assert claim_one(other, "w2", T0 + LEASE + 1).epoch == first.epoch + 1  # it lapsed
+    again = claim_one(storage, "w1", T0 + 2 * LEASE + 2)  # and lapsed again: w1's once more
+    assert again.epoch == first.epoch + 2
+    now = T0 + 2 * LEASE + 3
+    assert storage.renew("w1", ["r"], now, LEASE) == {"r": first.epoch + 2}
+    record = storage.get_run("r")  # extended all the same: w1 holds it
+    assert record is not None and record.lease_until == pytest.approx(now + LEASE)
+    assert storage.renew("w2", ["r"], now, LEASE) == {}
 
 
 def test_renew_extends_only_the_workers_own_leases(storage: Storage, other: Storage) -> None:
@@ -632,7 +647,7 @@ def test_renew_extends_only_the_workers_own_leases(storage: Storage, other: Stor
 
     held = ["a1", "a2", "done", "b1"]  # "done" ended; "b1" belongs to w2
     assert sorted(storage.renew("w1", held, T0 + 8, LEASE)) == ["a1", "a2"]
-    assert storage.renew("nobody", held, T0 + 8, LEASE) == []
+    assert storage.renew("nobody", held, T0 + 8, LEASE) == {}
     for rid in ("a1", "a2"):
         record = storage.get_run(rid)
         assert record is not None and record.lease_until == pytest.approx(T0 + 8 + LEASE)

@@ -305,7 +305,7 @@ async def test_a_renewal_that_outlasted_its_lease_is_confirmed_again_before_a_st
 
     def renew(me: str, ids: list[str], now: float, seconds: float) -> Any:
         if taken:
-            return []  # another worker holds the run now
+            return {}  # another worker holds the run now
         kept = real_renew(me, ids, now, seconds)
         skew[0] += 30.0  # the process stood still right after the renewal landed
         taken.append(True)
@@ -719,3 +719,75 @@ async def test_a_run_claimed_again_while_its_driver_hands_it_back_gets_a_new_dri
     # gone by then): a claim or a start in between could have put one run
     # more in the worker than its concurrency allows.
     assert taken == [1]
+
+
+@pytest.mark.parametrize("between", ["another worker", "nobody"])
+async def test_a_driver_goes_on_under_its_workers_new_claim_only_if_nobody_held_it_between(
+    make_app: Callable[..., durably.App], between: str
+) -> None:
+    """The worker stood still (its renewals failed) past its lease; then it
+    claimed the run again, the answer lost on the way (no new driver for it).
+    If another worker held the run in between, it may have run the step the
+    old driver has due: renewals by the same owner used to let that driver go
+    on all the same. Now it stops, and the step runs under a new claim,
+    replayed. If nobody did, the driver goes on under the new claim, as when
+    the claim's answer arrives (no replay, no lease-long wait)."""
+    # Kept in memory through the retry's wait (not suspended), as a driver is.
+    app = make_app(poll_interval=60.0, lease_seconds=1.0, suspend_after=60.0)
+    other = make_app()
+    attempts: list[tuple[float, int]] = []  # (when, the run's claim epoch then)
+
+    @app.step(retry=durably.Retry(max_attempts=2, initial=3.5))
+    async def flaky(x: int) -> int:
+        record = await asyncio.to_thread(app.storage.get_run, "stale")
+        attempts.append((time.monotonic(), record.epoch if record else -1))
+        if len(attempts) == 1:
+            raise ValueError("first attempt fails; the retry is due in 3.5 s")
+        return x
+
+    @app.workflow()
+    async def retried(ctx: durably.Context, x: int) -> int:
+        return int(await flaky(x))
+
+    blocked = [False]
+    async with app.worker() as worker:
+        storage: Any = app.storage
+        real_renew, real_claim = storage.renew, storage.claim
+
+        def stands_still(real: Any) -> Any:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                if blocked[0]:
+                    raise durably.DatabaseUnavailable("this worker stands still", reached=False)
+                return real(*args, **kwargs)
+
+            return call
+
+        storage.renew, storage.claim = stands_still(real_renew), stands_still(real_claim)
+        handle = await app.start(retried, 7, id="stale")
+        await eventually(lambda: len(attempts) == 1)
+        first = attempts[0][1]
+        blocked[0] = True  # this worker stands still
+        await asyncio.sleep(1.2)  # its lease lapses
+        if between == "another worker":
+            taken = other.storage.claim("w2", ["retried"], 10, time.time(), 1.0)
+            assert [r.id for r in taken] == ["stale"]
+            await asyncio.sleep(1.2)  # and the other worker's
+        again = real_claim(worker.id, ["retried"], 10, time.time(), 1.0)
+        blocked[0] = False
+        if between == "another worker":
+            assert [r.epoch for r in again] == [first + 2]  # this worker's, unknown to it
+            # The old driver stops; the run's lease lapses and a claim of
+            # this worker takes it up (epoch first + 3) and replays it.
+            worker.wake()
+        else:
+            assert [r.epoch for r in again] == [first + 1]
+        assert await handle.result(timeout=20) == 7
+    retries = [epoch for _, epoch in attempts[1:]]
+    if between == "another worker":
+        # Never under the old driver (which thought its claim was `first`)
+        # while the run was held under `first + 2`, a claim it never heard of.
+        assert len(retries) == 1 and retries[0] >= first + 3, (first, retries)
+    else:
+        assert retries == [first + 1]  # the same driver, under the new claim
+        record = app.storage.get_run("stale")
+        assert record is not None and record.epoch == first + 1  # no claim more

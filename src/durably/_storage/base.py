@@ -223,12 +223,15 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def renew(
         self, worker_id: str, run_ids: Sequence[str], now: float, lease_seconds: float
-    ) -> list[str]:
+    ) -> dict[str, int]:
         """Extend the leases of these runs where ``worker_id`` still owns them;
-        returns the ids it still owns (the others were taken over).
+        returns the claim epoch of each (the others were taken over).
 
         Only runs a worker actually drives are renewed: one it dropped (its
-        driver failed) lapses and is taken over.
+        driver failed) lapses and is taken over. A run this worker claimed
+        again since its driver's claim shows a newer epoch: one more means
+        nobody held it in between; more than that, another worker did, and
+        may have journaled what the driver does not know.
         """
 
     @abc.abstractmethod

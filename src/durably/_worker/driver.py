@@ -102,6 +102,7 @@ class RunDriver:
         self.releasing = False  # its write in flight hands the run back (suspends it)
         # Claimed again meanwhile, for a new driver: never hand the run back.
         self.superseded = False
+        self.doomed = False  # its claim is gone: it is stopping, never to write again
         self.task: asyncio.Task[None] | None = None
         self._loop = worker.loop
         self._clock: Callable[[], float] = worker.clock
@@ -175,7 +176,9 @@ class RunDriver:
             self._post("child_done", record)
 
     def lost(self) -> None:
-        """Another worker owns the run now (a renewal found it gone)."""
+        """Its claim is gone (a renewal found the run owned by another worker,
+        or by this one under a newer claim): the driver stops."""
+        self.doomed = True
         self._post("lease_lost", None)
 
     def cancel(self, reason: str) -> None:
@@ -190,8 +193,10 @@ class RunDriver:
         )
 
     def adopt(self, epoch: int, claimed_at: float) -> None:
-        """Our own worker re-claimed this run: write under the new claim."""
-        if epoch > self.epoch:
+        """Hold the run under ``epoch`` since ``claimed_at``: its own claim,
+        renewed, or one more (this worker claimed it again with nobody in
+        between, so the journal is what this driver holds in memory)."""
+        if epoch >= self.epoch and not self.doomed:
             self.epoch = epoch
             self.claimed_at = max(self.claimed_at, claimed_at)
 
@@ -602,6 +607,7 @@ class RunDriver:
     async def _write(self, write: RunWrite) -> None:
         accepted = await self.worker.committer.submit(write)
         if not accepted:
+            self.doomed = True
             raise LeaseLost()
         if self.worker.write_failures:
             self.worker.write_failures.pop(self.run_id, None)
@@ -626,21 +632,27 @@ class RunDriver:
     async def _still_ours(self) -> bool:
         """Before an effect: if our lease may have lapsed, renew it or give up."""
         for _ in range(CONFIRM_TRIES):
+            if self.doomed:
+                return False
             if self._lease_fresh():
                 return True
             try:
-                now, renewed = await self.worker.io(self._renew)
+                now, owned = await self.worker.io(self._renew)
             except Exception as exc:  # noqa: BLE001 - cannot confirm: do not risk it
                 self.worker.outage.failed(f"confirming the lease of run {self.run_id}", exc)
                 return False
-            if not renewed:
+            # Under this driver's claim, or one more of this worker's (nobody
+            # in between): past that, another worker held the run meanwhile
+            # and may have run this very step.
+            epoch = owned.get(self.run_id)
+            if epoch not in (self.epoch, self.epoch + 1):
                 return False
-            self.claimed_at = max(self.claimed_at, now)
+            self.adopt(epoch, now)
             # Checked again: the process may have stood still after the renewal
             # landed for longer than the lease it bought.
         return False  # renewals slower than a lease: this worker cannot hold it
 
-    def _renew(self) -> tuple[float, list[str]]:
+    def _renew(self) -> tuple[float, dict[str, int]]:
         now = self._clock()  # in the io thread: a wait for a free thread buys no lease
         return now, self.worker.storage.renew(
             self.worker.id, [self.run_id], now, self.worker.lease_seconds
@@ -648,7 +660,7 @@ class RunDriver:
 
     def _lease_fresh(self) -> bool:
         # A clock comparison: safe from a step thread, whose context it marks.
-        if not self.worker.lease_fresh(self):
+        if self.doomed or not self.worker.lease_fresh(self):
             return False
         steps.lease_confirmed(self._clock())
         return True
@@ -672,7 +684,7 @@ class RunDriver:
         # Another worker took the run over while this one stood still: it
         # must not run a step the other may already have run and recorded.
         self._active.pop(call.position, None)
-        self._post("lease_lost", None)
+        self.lost()
         return None
 
     async def _attempt(self, call: StepCall) -> None:

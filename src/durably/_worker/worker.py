@@ -480,11 +480,14 @@ class Worker:
             return
         began = claimed_at if claimed_at is not None else self.clock()
         running = self.drivers.get(record.id)
-        if running is not None and running.releasing:
+        if running is not None and record.epoch <= running.epoch:
+            return  # an answer older than the claim the driver holds: nothing new
+        if running is not None and (running.releasing or running.doomed):
             # Claimed again while its driver hands it back (a signal or a
-            # child's end made it due as it went to sleep): once that driver
-            # is done, a new one drives it under this claim. (Adopted, the
-            # claim would go with the finishing driver, and the run would
+            # child's end made it due as it went to sleep), or while its
+            # driver is giving it up (its claim found superseded): once that
+            # driver is done, a new one drives it under this claim. (Adopted,
+            # the claim would go with the finishing driver, and the run would
             # wait a lease for a worker to take it up again.)
             assert running.task is not None
             running.superseded = True
@@ -494,9 +497,7 @@ class Worker:
         if running is not None:
             # We re-claimed a run we still drive (its lease lapsed while our
             # renewals failed or we stood still).
-            if record.epoch <= running.epoch:
-                pass  # an answer older than the claim the driver holds: nothing new
-            elif record.epoch == running.epoch + 1:
+            if record.epoch == running.epoch + 1:
                 # Nobody held it in between (each claim adds one to the
                 # epoch): the journal is what the driver holds in memory.
                 running.adopt(record.epoch, began)
@@ -578,17 +579,20 @@ class Worker:
                 continue
             try:
                 fault("renew.before")
-                held = list(self.drivers)
+                epochs = {run_id: driver.epoch for run_id, driver in self.drivers.items()}
+                held = list(epochs)
                 began = self.clock()
-                kept = set(
-                    await self.io(self.storage.renew, self.id, held, began, self.lease_seconds)
-                )
+                owned = await self.io(self.storage.renew, self.id, held, began, self.lease_seconds)
                 for run_id in held:
                     driver = self.drivers.get(run_id)
-                    if driver is None:
-                        continue
-                    if run_id in kept:
-                        driver.claimed_at = max(driver.claimed_at, began)
+                    if driver is None or driver.doomed or driver.epoch != epochs[run_id]:
+                        continue  # gone or going, or it adopted a newer claim meanwhile
+                    # Counted under the claim the driver holds: one this worker
+                    # made since, with nobody in between, is the driver's to go
+                    # on with (as when the claim's answer comes); past that,
+                    # another worker held the run and may have run its steps.
+                    if owned.get(run_id) in (driver.epoch, driver.epoch + 1):
+                        driver.adopt(owned[run_id], began)
                     elif driver.claimed_at < began:  # not a run claimed meanwhile
                         driver.lost()
             except asyncio.CancelledError:

@@ -268,9 +268,9 @@ class MemoryStorage(Storage):
 
     def renew(
         self, worker_id: str, run_ids: Sequence[str], now: float, lease_seconds: float
-    ) -> list[str]:
+    ) -> dict[str, int]:
         with self._lock:
-            renewed = []
+            renewed = {}
             for run_id in run_ids:
                 record = self._runs.get(run_id)
                 if (
@@ -279,7 +279,7 @@ class MemoryStorage(Storage):
                     and record.status in ("running", "suspended")
                 ):
                     record.lease_until = now + lease_seconds
-                    renewed.append(run_id)
+                    renewed[run_id] = record.epoch
             return renewed
 
     def release(

@@ -143,7 +143,7 @@ NOTIFY = "SELECT pg_notify(%s, %s)"
 RENEW = """
 UPDATE durably.runs SET lease_until = %s
 WHERE owner = %s AND status IN ('running', 'suspended') AND id = ANY(%s)
-RETURNING id
+RETURNING id, epoch
 """
 
 RELEASE = """

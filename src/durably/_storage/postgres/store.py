@@ -450,12 +450,13 @@ class PostgresStorage(Storage):
 
     def renew(
         self, worker_id: str, run_ids: Sequence[str], now: float, lease_seconds: float
-    ) -> list[str]:
+    ) -> dict[str, int]:
         if not run_ids:
-            return []
+            return {}
         with self._conn() as conn:
             params = (now + lease_seconds, worker_id, list(run_ids))
-            return [str(r[0]) for r in conn.execute(q.RENEW, params, prepare=False).fetchall()]
+            rows = conn.execute(q.RENEW, params, prepare=False).fetchall()
+        return {str(run_id): int(epoch) for run_id, epoch in rows}
 
     def release(
         self, worker_id: str, run_ids: Sequence[str], now: float, *, epoch: int | None = None

@@ -140,7 +140,7 @@ def renew(n_ids: int) -> str:
     return (
         "UPDATE durably_runs SET lease_until = ? WHERE owner = ? "
         "AND status IN ('running', 'suspended') AND id IN (" + ", ".join("?" * n_ids) + ") "
-        "RETURNING id"
+        "RETURNING id, epoch"
     )
 
 

@@ -357,18 +357,18 @@ class SQLiteStorage(Storage):
 
     def renew(
         self, worker_id: str, run_ids: Sequence[str], now: float, lease_seconds: float
-    ) -> list[str]:
+    ) -> dict[str, int]:
         ids = list(run_ids)
 
-        def tx(conn: sqlite3.Connection) -> list[str]:
-            renewed: list[str] = []
+        def tx(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+            renewed: list[tuple[str, int]] = []
             with self._write(conn):
                 for chunk in _chunks(ids):
                     params = [now + lease_seconds, worker_id, *chunk]
-                    renewed += [r[0] for r in conn.execute(q.renew(len(chunk)), params)]
+                    renewed += conn.execute(q.renew(len(chunk)), params).fetchall()
             return renewed
 
-        return self._retry(tx) if ids else []
+        return {run_id: int(epoch) for run_id, epoch in self._retry(tx)} if ids else {}
 
     def release(
         self, worker_id: str, run_ids: Sequence[str], now: float, *, epoch: int | None = None
