@@ -194,9 +194,9 @@ class RunDriver:
 
     def adopt(self, epoch: int, claimed_at: float) -> None:
         """Hold the run under ``epoch`` since ``claimed_at``: its own claim,
-        renewed, or one more (this worker claimed it again with nobody in
+        renewed, or the next (this worker claimed it again with nobody in
         between, so the journal is what this driver holds in memory)."""
-        if epoch >= self.epoch and not self.doomed:
+        if epoch >= self.epoch and not (self.doomed or self.releasing):
             self.epoch = epoch
             self.claimed_at = max(self.claimed_at, claimed_at)
 
@@ -636,18 +636,25 @@ class RunDriver:
                 return False
             if self._lease_fresh():
                 return True
+            held = self.epoch
             try:
                 now, owned = await self.worker.io(self._renew)
             except Exception as exc:  # noqa: BLE001 - cannot confirm: do not risk it
                 self.worker.outage.failed(f"confirming the lease of run {self.run_id}", exc)
                 return False
-            # Under this driver's claim, or one more of this worker's (nobody
-            # in between): past that, another worker held the run meanwhile
-            # and may have run this very step.
             epoch = owned.get(self.run_id)
-            if epoch not in (self.epoch, self.epoch + 1):
+            if self.epoch != held:
+                continue  # a claim's answer came meanwhile: look again
+            if epoch == self.epoch:
+                self.adopt(epoch, now)
+            elif epoch == self.epoch + 1 and self.worker.claim_in_flight():
+                # This worker's claim, on its way: its answer adopts it here
+                # (nobody held the run in between) or replaces this driver.
+                await self.worker.claim_answered()
+            else:
+                # Further on, another worker held the run meanwhile and may
+                # have run this very step; or the claim's answer was lost.
                 return False
-            self.adopt(epoch, now)
             # Checked again: the process may have stood still after the renewal
             # landed for longer than the lease it bought.
         return False  # renewals slower than a lease: this worker cannot hold it

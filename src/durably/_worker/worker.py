@@ -386,9 +386,22 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - database trouble: back off, retry
+                self._claiming = None  # failed: no answer is coming
                 self.outage.failed("claiming runs", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def claim_in_flight(self) -> bool:
+        return self._claiming is not None
+
+    async def claim_answered(self) -> None:
+        """Until the claim in flight, if any, has been answered and its runs
+        handed to drivers (its task resumes first: it awaited first)."""
+        claiming = self._claiming
+        if claiming is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(claiming)
+            await asyncio.sleep(0)
 
     def has_room(self) -> bool:
         return not self._stopping and self._occupied() < self.concurrency
@@ -587,12 +600,15 @@ class Worker:
                     driver = self.drivers.get(run_id)
                     if driver is None or driver.doomed or driver.epoch != epochs[run_id]:
                         continue  # gone or going, or it adopted a newer claim meanwhile
-                    # Counted under the claim the driver holds: one this worker
-                    # made since, with nobody in between, is the driver's to go
-                    # on with (as when the claim's answer comes); past that,
-                    # another worker held the run and may have run its steps.
-                    if owned.get(run_id) in (driver.epoch, driver.epoch + 1):
-                        driver.adopt(owned[run_id], began)
+                    # Counted under the claim the driver holds. A claim this
+                    # worker made since is left to its answer (which adopts it
+                    # or replaces the driver); further on, another worker held
+                    # the run and may have run its steps.
+                    epoch = owned.get(run_id)
+                    if epoch == driver.epoch:
+                        driver.adopt(epoch, began)
+                    elif epoch == driver.epoch + 1:
+                        continue
                     elif driver.claimed_at < began:  # not a run claimed meanwhile
                         driver.lost()
             except asyncio.CancelledError:
