@@ -91,4 +91,4 @@ class Handles:
             return
         if len(record.args) > KEPT_ARGS:  # the outcome needs no arguments
             record = dataclasses.replace(record, args="")
-        handle._ended = (self.generation if generation is None else generation, record)
+        handle._ended = (self.generation, record)

@@ -493,34 +493,29 @@ class Worker:
             return
         began = claimed_at if claimed_at is not None else self.clock()
         running = self.drivers.get(record.id)
-        if running is not None and record.epoch <= running.epoch:
-            return  # an answer older than the claim the driver holds: nothing new
-        if running is not None and (running.releasing or running.doomed):
-            # Claimed again while its driver hands it back (a signal or a
-            # child's end made it due as it went to sleep), or while its
-            # driver is giving it up (its claim found superseded): once that
-            # driver is done, a new one drives it under this claim. (Adopted,
-            # the claim would go with the finishing driver, and the run would
-            # wait a lease for a worker to take it up again.)
+        if running is not None:
+            if record.epoch <= running.epoch:
+                return  # an answer older than the claim the driver holds: nothing new
+            going = running.releasing or running.doomed
+            if record.epoch == running.epoch + 1 and not going:
+                # We re-claimed a run we still drive (its lease lapsed while
+                # our renewals failed or we stood still), and nobody held it
+                # in between (each claim adds one to the epoch): the journal
+                # is what the driver holds in memory.
+                running.adopt(record.epoch, began)
+                return
+            # A new driver drives it under this claim once the old one is
+            # done: the old one is handing the run back (a signal or a child's
+            # end made it due as it went to sleep) or giving it up (adopted,
+            # the claim would go with it, and the run would wait a lease for
+            # a worker to take it up again); or another worker held the run
+            # meanwhile and may have journaled more than the old one knows.
+            if not going:
+                running.lost()
             assert running.task is not None
             running.superseded = True
             self._respawning.add(record.id)
             running.task.add_done_callback(lambda _: self._respawn(record, began))
-            return
-        if running is not None:
-            # We re-claimed a run we still drive (its lease lapsed while our
-            # renewals failed or we stood still).
-            if record.epoch == running.epoch + 1:
-                # Nobody held it in between (each claim adds one to the
-                # epoch): the journal is what the driver holds in memory.
-                running.adopt(record.epoch, began)
-            else:
-                # Another worker held it meanwhile and may have journaled
-                # more than this driver knows: drop the driver, replay the run.
-                running.lost()
-                assert running.task is not None
-                self._respawning.add(record.id)
-                running.task.add_done_callback(lambda _: self._respawn(record, began))
             return
         self.claimed_total += 1
         driver = RunDriver(self, record, spec, fresh=fresh)
