@@ -54,9 +54,15 @@ class Handles:
         return kept[1] if kept is not None and kept[0] == self.generation else None
 
     def awaited_soon(self, run_id: str) -> bool:
-        """Whether a handle held here may soon wait for the run (and has no final row yet)."""
+        """Whether a handle held here may soon wait for the run and needs its
+        final row read: none yet, and no worker here that will hand it over
+        (its end is often announced before that worker has heard its commit)."""
         handle = self._map.get(run_id)
-        return handle is not None and self.kept_end(handle) is None
+        return (
+            handle is not None
+            and self.kept_end(handle) is None
+            and not self._app._held_here(run_id)
+        )
 
     def held(self) -> list[str]:
         """The runs of the latest handles held here with no final row yet."""

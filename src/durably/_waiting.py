@@ -217,12 +217,16 @@ class RunWatcher:
                 self._local.discard(run_id)
 
     def resolve(self, record: Any) -> None:
-        """The final row of a run: to its waiters, or kept for a handle held here."""
-        if not self._settle(record.id, record, None) and not self._closed:
+        """The final row of a run: to its waiters, and kept for a handle held
+        here (awaited again, or awaited by its other waiters later, it reads
+        nothing; and the announcement of this end, which comes after, is not
+        read ahead for it)."""
+        self._settle(record.id, record, None)
+        if not self._closed:
             self._keep(record)
 
-    def _settle(self, run_id: str, record: Any, error: Callable[[], BaseException] | None) -> bool:
-        """Answer the run's waiters; False if there were none."""
+    def _settle(self, run_id: str, record: Any, error: Callable[[], BaseException] | None) -> None:
+        """Answer the run's waiters."""
         with self._lock:
             waiting = self._futures.pop(run_id, [])
             self._local.discard(run_id)
@@ -234,7 +238,6 @@ class RunWatcher:
                     future.set_exception(error())
                 else:
                     future.set_result(record)
-        return bool(waiting)
 
     def _fail_all(self, error: Callable[[str], BaseException]) -> None:
         """Every waiter gets ``error(run_id)`` raised (each its own)."""
