@@ -248,6 +248,73 @@ async def test_runs_started_and_awaited_one_at_a_time_by_a_local_worker_read_not
     assert [h.result_sync(timeout=30) for h in handles] == [2 * i for i in range(40)]
 
 
+async def test_a_large_result_its_waiter_had_is_not_kept_for_its_handle(
+    make_app: Callable[..., durably.App],
+) -> None:
+    # A handle awaited once keeps no copy of a large result the caller has
+    # already: awaited again, it reads the row. Its end's announcement is
+    # still not read ahead.
+    app = make_app()
+    app._recheck = 30.0  # type: ignore[attr-defined]
+
+    @app.workflow()
+    async def big(ctx: durably.Context, i: int) -> str:
+        return str(i) * 3000
+
+    handles = []
+    async with app.worker(concurrency=4):
+        handles.append(await app.start(big, 0))
+        await handles[0].result(timeout=30)  # the watcher begins following ends
+        reads = count_reads(app)
+        for i in range(1, 8):
+            handles.append(await app.start(big, i))
+            assert await handles[-1].result(timeout=30) == str(i) * 3000
+        await asyncio.sleep(0.3)  # the last announcements have come
+        assert total(reads) == 0, dict(reads)
+        assert await handles[3].result(timeout=30) == "3" * 3000
+    assert reads["get_runs"] == [1], dict(reads)  # read again: no copy was kept
+
+
+async def test_a_waiter_hears_of_a_run_its_local_worker_let_go_and_another_ended(
+    make_app: Callable[..., durably.App],
+) -> None:
+    # A waiter on a run that a worker here drives reads nothing: that worker
+    # hands the end over. If the worker lets the run go without ending it
+    # (here it suspends, waiting for a signal) and another process ends it,
+    # the waiter must hear of that end when it is announced, not at the
+    # periodic re-read (30 s apart here; it used to wait for it).
+    app, other = make_app(suspend_after=0.0), make_app()
+    app._recheck = 30.0  # type: ignore[attr-defined]
+    gate = asyncio.Event()
+
+    def add(target: durably.App) -> Any:
+        @target.step()
+        async def held() -> int:
+            await gate.wait()
+            return 1
+
+        @target.workflow()
+        async def approval(ctx: durably.Context) -> str:
+            await held()
+            return f"approved by {await ctx.wait_for('go')}"
+
+        return approval
+
+    approval = add(app)
+    add(other)
+    async with app.worker():
+        handle = await app.start(approval, id="left-1")
+        waiting = asyncio.ensure_future(handle.result(timeout=60))
+        await eventually(lambda: "left-1" in app._results()._local)  # type: ignore[attr-defined]
+        gate.set()  # the run goes on, then suspends: this worker lets it go
+        await eventually(lambda: app.storage.get_run("left-1").status == "suspended")
+    assert not waiting.done()
+    async with other.worker():
+        await other.signal("left-1", "go", "ada")
+        # Within seconds, not at the re-read (a wait that times out reads the row once).
+        assert await asyncio.wait_for(waiting, 5) == "approved by ada"
+
+
 async def test_starting_an_id_that_already_ended_reads_nothing_more(
     make_app: Callable[..., durably.App],
 ) -> None:
@@ -489,7 +556,7 @@ class Held:
     def soon(self, run_id: str) -> bool:
         return run_id in self.run_ids and run_id not in self.kept
 
-    def keep(self, row: Row) -> None:
+    def keep(self, row: Row, answered: bool = False) -> None:
         self.kept[row.id] = row
 
     def held(self) -> list[str]:
@@ -514,7 +581,7 @@ def test_a_held_run_named_by_a_notification_is_read_and_kept_waiter_or_not() -> 
     for listener in listeners:
         listener("durably_done", "w")
     assert waiting.result(timeout=5).status == "completed"
-    assert app.kept["w"].status == "completed"  # its waiter had it, and its handle keeps it
+    assert app.kept["w"].status == "completed"  # its waiter had it; offered to its handle too
     rows["h2"] = "completed"  # nobody waits any more: still read
     for listener in listeners:
         listener("durably_done", "h2")

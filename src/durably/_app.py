@@ -325,6 +325,12 @@ class App:
         else:
             self._handles.keep(record)
 
+    def _run_left(self, run_id: str) -> None:
+        """A worker in this process let a run go without ending it."""
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.left(run_id)
+
     # -- starting runs -----------------------------------------------------------
     def _definition(self, workflow: Any) -> WorkflowDef:
         if isinstance(workflow, str):
@@ -640,6 +646,7 @@ class App:
             subscribe_local=self._hub.subscribe,
             inline=inline,
             on_ended=self._run_ended,
+            on_left=self._run_left,
         )
 
     @contextlib.asynccontextmanager

@@ -21,10 +21,10 @@ class WorkflowHandle:
     def __init__(self, app: App, run_id: str) -> None:
         self._app = app
         self.id = run_id
-        # The run's final row, if it ended before anyone waited here (the
-        # app hands it over, tagged with its database's generation): an ended
-        # run never changes, except a failed one, which is never kept.
-        self._ended: tuple[int, RunRecord] | None = None
+        # The run's final row once it ended (the app hands it over, tagged
+        # with its database's generation): an ended run never changes, except
+        # a failed one, whose row is never kept (None: an end was seen, no row kept).
+        self._ended: tuple[int, RunRecord | None] | None = None
 
     @property
     def run_id(self) -> str:

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 HELD_READ_AHEAD = 10_000
 # A kept row drops its arguments above this size: the handle may live long.
 KEPT_ARGS = 1024
+# The row of a run whose waiters were answered is kept only with a result up
+# to this size (awaited again, its handle reads it; the caller has the value).
+KEPT_ANSWERED_RESULT = 1024
 
 
 class Handles:
@@ -53,16 +56,22 @@ class Handles:
         kept = handle._ended
         return kept[1] if kept is not None and kept[0] == self.generation else None
 
+    def _seen_end(self, handle: WorkflowHandle) -> bool:
+        """Whether an end of the run reached this handle from the database in
+        use (its row kept or not): there is nothing to read ahead for it."""
+        kept = handle._ended
+        return kept is not None and kept[0] == self.generation
+
     def awaited_soon(self, run_id: str) -> bool:
         """Whether a handle held here may soon wait for the run and needs its
-        final row read: none yet, and no worker here that will hand it over
-        (its end is often announced before that worker has heard its commit)."""
+        final row read: no end seen yet, and no worker here that will hand it
+        over (its end is often announced before that worker has heard its
+        commit). Asked from the listener's thread: held here first, as a
+        worker here hands the row over before it lets the run go."""
+        if self._app._held_here(run_id):
+            return False
         handle = self._map.get(run_id)
-        return (
-            handle is not None
-            and self.kept_end(handle) is None
-            and not self._app._held_here(run_id)
-        )
+        return handle is not None and not self._seen_end(handle)
 
     def held(self) -> list[str]:
         """The runs of the latest handles held here with no final row yet."""
@@ -81,19 +90,28 @@ class Handles:
         held = [
             run_id
             for run_id, ref in entries
-            if (handle := ref()) is not None and self.kept_end(handle) is None
+            if (handle := ref()) is not None and not self._seen_end(handle)
         ]
         return held[-HELD_READ_AHEAD:]
 
-    def keep(self, record: RunRecord, generation: int | None = None) -> None:
-        """A run that nobody waits for has ended: give its final row to the
-        handle held here, if any. Not a failure: ``durably retry`` can reopen
-        a failed run, and a handle awaited after that must see the run as it
-        is then. ``generation``: of the database the row was read from."""
-        if record.status == "failed" or generation not in (None, self.generation):
+    def keep(
+        self, record: RunRecord, generation: int | None = None, *, answered: bool = False
+    ) -> None:
+        """A run has ended: give its final row to the handle held here, if
+        any. Not a failure: ``durably retry`` can reopen a failed run, and a
+        handle awaited after that must see the run as it is then; nor a large
+        result its waiters (``answered``) already have. The handle then only
+        notes that the end was seen (no read ahead for it; awaited again, it
+        reads). ``generation``: of the database the row was read from."""
+        if generation not in (None, self.generation):
             return
         handle = self._map.get(record.id)
         if handle is None:
+            return
+        if record.status == "failed" or (
+            answered and len(record.result or "") > KEPT_ANSWERED_RESULT
+        ):
+            handle._ended = (self.generation, None)
             return
         if len(record.args) > KEPT_ARGS:  # the outcome needs no arguments
             record = dataclasses.replace(record, args="")

@@ -147,7 +147,7 @@ class RunWatcher:
         recheck: float,
         ended_since: Callable[[int | None], tuple[list[str], int] | None] = lambda _: None,
         soon: Callable[[str], bool] = lambda _: False,
-        keep: Callable[[Any], None] = lambda _: None,
+        keep: Callable[..., None] = lambda *_, **__: None,
         held: Callable[[], list[str]] = list,
     ) -> None:
         self._soon = soon
@@ -221,12 +221,33 @@ class RunWatcher:
         here (awaited again, or awaited by its other waiters later, it reads
         nothing; and the announcement of this end, which comes after, is not
         read ahead for it)."""
-        self._settle(record.id, record, None)
+        answered = self._settle(record.id, record, None)
         if not self._closed:
-            self._keep(record)
+            try:
+                self._keep(record, answered=answered)
+            except Exception:  # noqa: BLE001 - see _soon_among
+                pass
 
-    def _settle(self, run_id: str, record: Any, error: Callable[[], BaseException] | None) -> None:
-        """Answer the run's waiters."""
+    def left(self, run_id: str) -> None:
+        """A worker here let the run go without ending it (it suspended,
+        lost its claim, or handed it back): nobody here will hand its end
+        over. Its waiters read it as other runs' do (another worker may end
+        it, or has already); a handle held here reads ahead, in case its end
+        was announced while that worker still held it."""
+        with self._lock:
+            waited = run_id in self._local
+            if waited:
+                self._local.discard(run_id)
+                self._new.add(run_id)
+        if not waited and self._soon_among({run_id}):
+            with self._lock:
+                self._ahead.add(run_id)
+            waited = True
+        if waited:
+            self._event.set()
+
+    def _settle(self, run_id: str, record: Any, error: Callable[[], BaseException] | None) -> bool:
+        """Answer the run's waiters; False if there were none."""
         with self._lock:
             waiting = self._futures.pop(run_id, [])
             self._local.discard(run_id)
@@ -238,6 +259,7 @@ class RunWatcher:
                     future.set_exception(error())
                 else:
                     future.set_result(record)
+        return bool(waiting)
 
     def _fail_all(self, error: Callable[[str], BaseException]) -> None:
         """Every waiter gets ``error(run_id)`` raised (each its own)."""

@@ -99,6 +99,7 @@ class RunDriver:
         self.instance: Instance | None = None
         self.draining = False
         self.finished = False
+        self.ended_here = False  # it ended the run and handed the final row over
         self.releasing = False  # its write in flight hands the run back (suspends it)
         # Claimed again meanwhile, for a new driver: never hand the run back.
         self.superseded = False
@@ -259,7 +260,7 @@ class RunDriver:
         except Exception as exc:  # noqa: BLE001 - e.g. arguments that no longer decode
             outcome = Outcome("failed", error=describe_exception(exc))
             await self._write(RunWrite(self.run_id, self.epoch, [], _ended(outcome)))
-            self.worker.run_ended(self.run_id, self._final(outcome))
+            self._hand_over(outcome)
             return
         replayed = self.instance.outcome
         if replayed is not None and replayed.diverged and self.record.version != self.spec.version:
@@ -425,7 +426,7 @@ class RunDriver:
         if instance.done:
             self.finished = True
             assert instance.outcome is not None
-            self.worker.run_ended(self.run_id, self._final(instance.outcome))
+            self._hand_over(instance.outcome)
             return
         if update is not None and update.release:
             self.finished = True  # suspended out of memory (or handed back)
@@ -469,7 +470,7 @@ class RunDriver:
         except Exception:  # noqa: BLE001 - then it is handed back, as before
             return False
         log.error("run %s failed: %s", self.run_id, error["message"])
-        self.worker.run_ended(self.run_id, self._final(outcome))
+        self._hand_over(outcome)
         return True
 
     def _read_ancestors(self) -> set[str]:
@@ -499,6 +500,11 @@ class RunDriver:
         self.finished = True
         update = RunUpdate(status="running", release=True, pin=True)
         await self._write(RunWrite(self.run_id, self.epoch, [], update))
+
+    def _hand_over(self, outcome: Outcome) -> None:
+        """The run ended, durably: its final row to whoever waits here."""
+        self.ended_here = True
+        self.worker.run_ended(self.run_id, self._final(outcome))
 
     def _final(self, outcome: Outcome) -> RunRecord:
         """The run's row as the write that ended it left it."""

@@ -76,6 +76,7 @@ class Worker:
         subscribe_local: Callable[[Callable[[str, str], None]], Callable[[], None]] | None = None,
         inline: bool = False,
         on_ended: Callable[[RunRecord], None] | None = None,
+        on_left: Callable[[str], None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -90,6 +91,7 @@ class Worker:
         self.clock = clock
         self._publish = publish
         self._on_ended = on_ended
+        self._on_left = on_left
         self._reserved = 0  # slots promised to runs being started in this process
         # Runs claimed again while their old driver finishes: each holds a slot
         # until its new driver starts, and is handed back if the worker stops.
@@ -229,6 +231,8 @@ class Worker:
         """A driver ended; ``release`` hands its run back (it failed unexpectedly)."""
         if self.drivers.get(driver.run_id) is driver:
             del self.drivers[driver.run_id]
+        if not driver.ended_here and self._on_left is not None:
+            self._on_left(driver.run_id)  # its end will not be handed over from here
         if not release and self.write_failures:
             self.write_failures.pop(driver.run_id, None)  # ended or handed on: a fresh count
         if release and not self._stopping:
