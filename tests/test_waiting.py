@@ -256,6 +256,7 @@ async def test_a_large_result_its_waiter_had_is_not_kept_for_its_handle(
     # still not read ahead.
     app = make_app()
     app._recheck = 30.0  # type: ignore[attr-defined]
+    flow = add_flow(app)
 
     @app.workflow()
     async def big(ctx: durably.Context, i: int) -> str:
@@ -263,8 +264,10 @@ async def test_a_large_result_its_waiter_had_is_not_kept_for_its_handle(
 
     handles = []
     async with app.worker(concurrency=4):
+        for i in range(3):  # the watcher begins following ends (its steps take 10 ms)
+            assert await (await app.start(flow, i)).result(timeout=30) == 2 * i
         handles.append(await app.start(big, 0))
-        await handles[0].result(timeout=30)  # the watcher begins following ends
+        await handles[0].result(timeout=30)
         reads = count_reads(app)
         for i in range(1, 8):
             handles.append(await app.start(big, i))
@@ -312,7 +315,7 @@ async def test_a_waiter_hears_of_a_run_its_local_worker_let_go_and_another_ended
     async with other.worker():
         await other.signal("left-1", "go", "ada")
         # Within seconds, not at the re-read (a wait that times out reads the row once).
-        assert await asyncio.wait_for(waiting, 5) == "approved by ada"
+        assert await asyncio.wait_for(waiting, 15) == "approved by ada"
 
 
 async def test_starting_an_id_that_already_ended_reads_nothing_more(

@@ -325,11 +325,11 @@ class App:
         else:
             self._handles.keep(record)
 
-    def _run_left(self, run_id: str) -> None:
+    def _run_left(self, run_id: str, maybe_ended: bool) -> None:
         """A worker in this process let a run go without ending it."""
         watcher = self._watcher
         if watcher is not None:
-            watcher.left(run_id)
+            watcher.left(run_id, maybe_ended=maybe_ended)
 
     # -- starting runs -----------------------------------------------------------
     def _definition(self, workflow: Any) -> WorkflowDef:
@@ -602,8 +602,8 @@ class App:
         # Both on this loop's thread, so a worker here cannot end the run in between.
         # Unless a worker here hands the result over, the watcher's first read
         # (batched with every other waiter's) says whether it exists or ended.
-        local = self._held_here(run_id)
         loop = asyncio.get_running_loop()
+        local = self._held_here(run_id, loop)
         watched = self._results().watch_on(loop, run_id, check=not local)
         try:
             return await asyncio.wait_for(watched, timeout)  # type: ignore[no-any-return]
@@ -622,8 +622,14 @@ class App:
             self._results().forget(run_id, watched)
             return self._record(run_id)
 
-    def _held_here(self, run_id: str) -> bool:
-        return any(run_id in worker.drivers for worker in self._workers)
+    def _held_here(self, run_id: str, loop: asyncio.AbstractEventLoop | None = None) -> bool:
+        """Whether a worker of this process drives the run (on ``loop``, if
+        given: only there does it end the run and tell the watcher before a
+        waiter on that loop can look, with no await in between)."""
+        return any(
+            run_id in worker.drivers and (loop is None or worker.loop is loop)
+            for worker in self._workers
+        )
 
     # -- workers -------------------------------------------------------------------
     def _make_worker(self, concurrency: int, *, inline: bool = False) -> Worker:

@@ -74,7 +74,7 @@ class Handles:
         return handle is not None and not self._seen_end(handle)
 
     def held(self) -> list[str]:
-        """The runs of the latest handles held here with no final row yet."""
+        """The runs of the latest handles held here with no end seen yet."""
         # The underlying dict (of weak references), copied in one C call:
         # iterating the mapping could fail as another thread adds a handle.
         # The copy can fail too, if a collection it triggers drops a handle.

@@ -228,18 +228,19 @@ class RunWatcher:
             except Exception:  # noqa: BLE001 - see _soon_among
                 pass
 
-    def left(self, run_id: str) -> None:
+    def left(self, run_id: str, *, maybe_ended: bool = True) -> None:
         """A worker here let the run go without ending it (it suspended,
         lost its claim, or handed it back): nobody here will hand its end
         over. Its waiters read it as other runs' do (another worker may end
-        it, or has already); a handle held here reads ahead, in case its end
-        was announced while that worker still held it."""
+        it, or has already). If it ``maybe_ended`` (not a committed
+        suspension), a handle held here reads ahead, in case its end was
+        announced while that worker still held it."""
         with self._lock:
             waited = run_id in self._local
             if waited:
                 self._local.discard(run_id)
                 self._new.add(run_id)
-        if not waited and self._soon_among({run_id}):
+        if not waited and maybe_ended and self._soon_among({run_id}):
             with self._lock:
                 self._ahead.add(run_id)
             waited = True

@@ -684,9 +684,10 @@ async def test_a_run_claimed_again_while_its_driver_hands_it_back_gets_a_new_dri
         storage: Any = app.storage
         real_release = storage.release
 
-        def release(worker_id: str, run_ids: Any, now: float) -> Any:
-            released.extend(run_ids)
-            return real_release(worker_id, run_ids, now)
+        def release(worker_id: str, run_ids: Any, now: float, *, epoch: Any = None) -> Any:
+            if epoch is not None:  # a driver handing its run back (a stopping worker gives none)
+                released.extend(run_ids)
+            return real_release(worker_id, run_ids, now, epoch=epoch)
 
         storage.release = release
         real_submit = worker.committer.submit

@@ -503,8 +503,8 @@ class RunDriver:
 
     def _hand_over(self, outcome: Outcome) -> None:
         """The run ended, durably: its final row to whoever waits here."""
-        self.ended_here = True
         self.worker.run_ended(self.run_id, self._final(outcome))
+        self.ended_here = True
 
     def _final(self, outcome: Outcome) -> RunRecord:
         """The run's row as the write that ended it left it."""

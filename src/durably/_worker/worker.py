@@ -76,7 +76,7 @@ class Worker:
         subscribe_local: Callable[[Callable[[str, str], None]], Callable[[], None]] | None = None,
         inline: bool = False,
         on_ended: Callable[[RunRecord], None] | None = None,
-        on_left: Callable[[str], None] | None = None,
+        on_left: Callable[[str, bool], None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -232,7 +232,10 @@ class Worker:
         if self.drivers.get(driver.run_id) is driver:
             del self.drivers[driver.run_id]
         if not driver.ended_here and self._on_left is not None:
-            self._on_left(driver.run_id)  # its end will not be handed over from here
+            # Its end will not be handed over from here. Unless the driver
+            # committed a suspension (or hand-back), the run may have ended
+            # meanwhile: its claim was lost, or a write's fate is unknown.
+            self._on_left(driver.run_id, not driver.finished)
         if not release and self.write_failures:
             self.write_failures.pop(driver.run_id, None)  # ended or handed on: a fresh count
         if release and not self._stopping:
