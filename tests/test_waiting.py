@@ -233,6 +233,7 @@ async def test_runs_started_and_awaited_one_at_a_time_by_a_local_worker_read_not
     # announcement must not make the watcher read the row as well (it did,
     # a round trip and a thread's wake-up per run, on the run's critical path).
     app = make_app()
+    app._recheck = 30.0  # type: ignore[attr-defined]  # no periodic re-read meanwhile
     flow = add_flow(app)
     handles = []
     async with app.worker(concurrency=4):

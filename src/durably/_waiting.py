@@ -240,10 +240,8 @@ class RunWatcher:
             if waited:
                 self._local.discard(run_id)
                 self._new.add(run_id)
-        if not waited and maybe_ended and self._soon_among({run_id}):
-            with self._lock:
-                self._ahead.add(run_id)
-            waited = True
+        if not waited and maybe_ended:
+            waited = self._ahead_if_soon(run_id)
         if waited:
             self._event.set()
 
@@ -290,10 +288,8 @@ class RunWatcher:
                         self._named.add(payload)
                 else:
                     wanted = False
-            if not wanted and self._soon_among({payload}):
-                with self._lock:
-                    self._ahead.add(payload)
-                wanted = True
+            if not wanted:
+                wanted = self._ahead_if_soon(payload)
             if wanted:
                 self._event.set()
 
@@ -413,6 +409,14 @@ class RunWatcher:
             return
         for record in records:
             self.resolve(record)
+
+    def _ahead_if_soon(self, run_id: str) -> bool:
+        """Read the run ahead (with the next batch) if a handle held here wants it."""
+        if not self._soon_among({run_id}):
+            return False
+        with self._lock:
+            self._ahead.add(run_id)
+        return True
 
     # Reading ahead is only an optimisation: whatever fails in the app's
     # callbacks must never stop the thread that answers the waiters.
