@@ -144,3 +144,28 @@ def test_every_error_derives_from_durably_error() -> None:
         if isinstance(obj, type) and issubclass(obj, BaseException):
             assert issubclass(obj, durably.DurablyError), name
             assert issubclass(obj, Exception), name
+
+
+async def test_keys_that_would_collide_in_json_are_refused_not_lost(
+    make_app: Callable[..., durably.App],
+) -> None:
+    app = make_app()
+
+    @app.step()
+    async def tally() -> dict[object, int]:
+        return {1: 10, "1": 20}
+
+    @app.workflow()
+    async def flow(ctx: durably.Context, counts: dict[object, int]) -> object:
+        return await tally()
+
+    with pytest.raises(durably.PayloadError, match="argument 'counts' of workflow 'flow'"):
+        await app.start(flow, {True: 1, "true": 2}, id="never")
+    assert await app.list_runs() == []
+
+    async with app.worker():
+        handle = await app.start(flow, {1: 1})
+        with pytest.raises(durably.WorkflowFailed) as info:
+            await handle.result(timeout=20)
+    assert "the result of step 'tally'" in str(info.value)
+    assert "its keys 1 and '1' both become the JSON key '1'" in str(info.value)

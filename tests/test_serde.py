@@ -297,3 +297,33 @@ def test_int_dict_keys_come_back_as_ints() -> None:
 
 def test_fixed_tuple_with_unexpected_length_keeps_every_item() -> None:
     assert decode(encode((1, 2, 3), what="x"), tuple[int, int]) == (1, 2, 3)
+
+
+@pytest.mark.parametrize(
+    ("value", "keys"),
+    [
+        ({1: "a", "1": "b"}, "1 and '1'"),
+        ([{"x": {True: 1, "true": 2}}], "True and 'true'"),
+        ({"n": {None: 1, "null": 2}}, "None and 'null'"),
+        ((0, {2.5: "x", "2.5": "y"}), "2.5 and '2.5'"),
+        (Point({1: 1, "1": 2}, 0), "1 and '1'"),  # type: ignore[arg-type]
+    ],
+)
+def test_keys_that_become_the_same_json_key_are_refused(value: Any, keys: str) -> None:
+    with pytest.raises(PayloadError) as info:
+        encode(value, what="the result of step 'tally'")
+    message = str(info.value)
+    assert "the result of step 'tally'" in message
+    assert f"its keys {keys} both become the JSON key" in message
+
+
+def test_keys_of_mixed_types_that_stay_distinct_are_kept() -> None:
+    value = {1: "a", "2": "b", False: "c", None: "d", 1.5: "e", "x": {3: [4]}}
+    assert decode(encode(value, what="x")) == {
+        "1": "a",
+        "2": "b",
+        "false": "c",
+        "null": "d",
+        "1.5": "e",
+        "x": {"3": [4]},
+    }

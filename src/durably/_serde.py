@@ -75,6 +75,8 @@ def encode(value: Any, *, what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> 
             f"{what} cannot be stored as JSON: {exc}. Use JSON values, dataclasses, "
             "pydantic models, datetimes, UUIDs, Decimals, enums or bytes."
         ) from None
+    if "{" in text:  # no object, no keys to collide (the common scalar result)
+        _check_keys(value, what)
     if limit and len(text) * 4 > limit:
         # A character is at most 4 bytes in UTF-8: only count bytes when close.
         size = len(text.encode("utf-8"))
@@ -85,6 +87,59 @@ def encode(value: Any, *, what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> 
                 "reference"
             )
     return text
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _check_keys(value: Any, what: str) -> None:
+    """Refuse a dict whose keys JSON would turn into the same text (``1`` and
+    ``"1"``, ``True`` and ``"true"``): the JSON would hold both, and reading it
+    back would silently keep only the last."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            for key in item:
+                if type(key) is not str:
+                    _refuse_colliding(item, what)
+                    break
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            children = [getattr(item, f.name) for f in dataclasses.fields(item)]
+        else:
+            continue
+        pending.extend(child for child in children if type(child) not in _SCALARS)
+
+
+def _refuse_colliding(item: dict[Any, Any], what: str) -> None:
+    seen: dict[str, Any] = {}
+    for key in item:
+        text = _key_text(key)
+        if text is None:
+            continue
+        if text in seen:
+            raise PayloadError(
+                f"{what} cannot be stored as JSON: its keys {seen[text]!r} and {key!r} "
+                f"both become the JSON key {text!r}, and one value would be lost. "
+                "Make the keys distinct (all str, or all int)."
+            )
+        seen[text] = key
+
+
+def _key_text(key: Any) -> str | None:
+    """The text the json module makes of a dict key (None: it refuses the key)."""
+    if isinstance(key, str):
+        return str.__str__(key)
+    if key is True or key is False or key is None:
+        return {True: "true", False: "false", None: "null"}[key]
+    if isinstance(key, int):
+        return int.__repr__(key)
+    if isinstance(key, float):
+        return float.__repr__(key)
+    return None
 
 
 def utf8_encodable(text: str) -> bool:
