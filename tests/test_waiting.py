@@ -14,6 +14,7 @@ import pytest
 
 import durably
 from conftest import eventually, wait_until
+from durably._storage.base import Storage
 from durably._waiting import RunWatcher
 
 
@@ -21,12 +22,17 @@ def count_reads(app: durably.App) -> dict[str, list[int]]:
     """Per storage read method of ``app``: the number of ids of each call."""
     storage: Any = app.storage
     calls: dict[str, list[int]] = collections.defaultdict(list)
-    for name in ("get_run", "get_runs", "ended_runs"):
+    names = {"get_run": "get_run", "get_runs": "get_runs", "ended_runs": "ended_runs"}
+    if type(storage).watch_runs is not Storage.watch_runs:
+        # A waiter's first read, counted as the read it is (the base class's
+        # calls get_runs, counted already).
+        names["watch_runs"] = "get_runs"
+    for name, key in names.items():
         real = getattr(storage, name)
 
-        def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
+        def counted(*args: Any, _real: Any = real, _key: str = key) -> Any:
             ids = args[0]
-            calls[_name].append(1 if isinstance(ids, str) else len(ids))
+            calls[_key].append(1 if isinstance(ids, str) else len(ids))
             return _real(*args)
 
         setattr(storage, name, counted)
@@ -636,3 +642,95 @@ def test_after_a_spell_with_nobody_waiting_the_log_is_read_on_from_where_it_was(
     assert app.looked_up == 1  # once, when the watcher began
     assert not second.done()
     watcher.close()
+
+
+def add_held_flow(app: durably.App, release: asyncio.Event) -> Any:
+    """A workflow whose one step returns 1 once ``release`` is set."""
+
+    @app.step()
+    async def held() -> int:
+        await release.wait()
+        return 1
+
+    @app.workflow()
+    async def slow(ctx: durably.Context) -> int:
+        return int(await held())
+
+    return slow
+
+
+def spy_on_watch(app: durably.App) -> asyncio.Event:
+    """Set once ``app`` has read runs it will wait for (``watch_runs``)."""
+    storage: Any = app.storage
+    real, looked = storage.watch_runs, asyncio.Event()
+
+    def watch(run_ids: Any) -> Any:
+        found = real(run_ids)
+        looked.set()  # only read on the loop's thread, after the waiter looked
+        return found
+
+    storage.watch_runs = watch
+    return looked
+
+
+async def answered_soon(waiting: asyncio.Future[Any], what: str) -> Any:
+    done, _ = await asyncio.wait({waiting}, timeout=5)
+    waiting.cancel()
+    assert waiting in done, f"{what} was not told of the end"
+    return waiting.result()
+
+
+# A run started where a worker runs is driven there and its waiters there are
+# answered by that worker; on PostgreSQL its end is then announced to nobody
+# else (no NOTIFY), unless someone elsewhere asked to hear of it when first
+# reading it. In these tests the other app (another process) neither re-reads
+# nor polls for 30 s: only the announcement can reach it in time.
+
+
+@pytest.mark.parametrize("waits_for", ["result", "event"])
+async def test_a_waiter_elsewhere_hears_of_the_end_of_a_run_a_local_worker_started(
+    make_app: Callable[..., durably.App], waits_for: str
+) -> None:
+    # An event waiter too: the run ends without setting the event.
+    app, elsewhere = make_app(), make_app()
+    elsewhere._recheck = 30.0  # type: ignore[attr-defined]
+    release = asyncio.Event()
+    slow = add_held_flow(app, release)
+    looked = spy_on_watch(elsewhere)
+    async with app.worker():
+        handle = await app.start(slow)
+        if waits_for == "result":
+            waiting = asyncio.ensure_future(elsewhere.get_handle(handle.id).result())
+        else:
+            waiting = asyncio.ensure_future(elsewhere.get_event(handle.id, "never"))
+        await eventually(looked.is_set)  # its first read, before the end
+        release.set()
+        assert await handle.result(timeout=10) == 1
+        if waits_for == "result":
+            assert await answered_soon(waiting, "the waiter elsewhere") == 1
+        else:
+            with pytest.raises(durably.WaitTimeout, match=r"ended \(completed\) without"):
+                await answered_soon(waiting, "the event waiter elsewhere")
+
+
+async def test_a_parent_elsewhere_hears_that_a_run_a_local_worker_started_ended(
+    make_app: Callable[..., durably.App],
+) -> None:
+    # A parent held in its worker's memory waits on a child id naming such a run.
+    app = make_app()
+    elsewhere = make_app(suspend_after=30, poll_interval=30)
+    release = asyncio.Event()
+    slow, slow_there = add_held_flow(app, release), add_held_flow(elsewhere, release)
+
+    @elsewhere.workflow()
+    async def parent(ctx: durably.Context, child_id: str) -> int:
+        return int(await ctx.child(slow_there, id=child_id)) + 1
+
+    looked = spy_on_watch(elsewhere)
+    async with app.worker(), elsewhere.worker():
+        child = await app.start(slow)
+        waiting = await elsewhere.start(parent, child.id)
+        await eventually(looked.is_set)  # the parent looked at its child
+        release.set()
+        assert await child.result(timeout=10) == 1
+        assert await waiting.result(timeout=5) == 2

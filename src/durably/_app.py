@@ -306,7 +306,7 @@ class App:
             return self._watcher
 
     def _fetch_runs(self, run_ids: list[str]) -> list[RunRecord]:
-        return self.storage.get_runs(run_ids)
+        return self.storage.watch_runs(run_ids)
 
     def _fetch_ended_runs(self, run_ids: list[str]) -> list[RunRecord]:
         return self.storage.ended_runs(run_ids)
@@ -477,9 +477,10 @@ class App:
         value = self.storage.get_event(run_id, key)
         if value is not None:
             return True, value
-        record = self.storage.get_run(run_id)
-        if record is None or record.status not in TERMINAL:
+        found = self.storage.watch_runs([run_id])  # its end wakes this waiter
+        if not found or found[0].status not in TERMINAL:
             return False, None
+        record = found[0]
         # An ended run sets nothing more, and everything it set was written by
         # the time it ended: one more look, then waiting would be forever.
         value = self.storage.get_event(run_id, key)

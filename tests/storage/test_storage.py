@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +24,6 @@ from durably._storage.base import NewRun, RunFilter, RunUpdate, RunWrite, Storag
 
 T0 = 1_700_000_000.0
 LEASE = 10.0
-
-
-@pytest.fixture
-def storage(database_url: str) -> Iterator[Storage]:
-    store = open_storage(database_url)
-    store.migrate()
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def other(database_url: str, storage: Storage) -> Iterator[Storage]:
-    """A second, independent connection to the same database (another process)."""
-    store = open_storage(database_url)
-    store.migrate()
-    yield store
-    store.close()
 
 
 def new_run(

@@ -257,6 +257,12 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def get_runs(self, run_ids: Sequence[str]) -> list[RunRecord]: ...
 
+    def watch_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        """:meth:`get_runs`, by a reader that will wait for their ends: a run
+        whose end would not be announced (see PostgreSQL's migration 6)
+        announces it from now on. Runs ended before are read as they ended."""
+        return self.get_runs(run_ids)
+
     def ended_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
         """The runs among ``run_ids`` that have ended (what result waiters
         re-read on every change: only the ended rows come back)."""

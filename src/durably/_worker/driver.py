@@ -446,7 +446,7 @@ class RunDriver:
             self.offer_signals(await self.worker.io(storage.pending_signals, [self.run_id]))
         children = [c.child_id for c in commands if isinstance(c, ChildCall)]
         if children:
-            records = await self.worker.io(storage.get_runs, children)
+            records = await self.worker.io(storage.watch_runs, children)
             if any(r.parent_id != self.run_id and r.status not in TERMINAL for r in records):
                 # A child id naming a run this one did not start: if that is an
                 # ancestor, the two would wait for each other forever.

@@ -45,7 +45,7 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value
 _INSERT_RUNS = """
 INSERT INTO durably.runs (id, workflow, version, status, args, created_at, updated_at,
                           parent_id, deadline, priority, epoch, owner, lease_until,
-                          started_at)
+                          started_at, quiet)
 {rows}
 ON CONFLICT (id) DO NOTHING
 RETURNING id, workflow, status
@@ -54,13 +54,14 @@ INSERT_RUNS = _INSERT_RUNS.replace(
     "{rows}",
     """SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
                      %s::float8[], %s::float8[], %s::text[], %s::float8[], %s::int[],
-                     %s::bigint[], %s::text[], %s::float8[], %s::float8[])""",
+                     %s::bigint[], %s::text[], %s::float8[], %s::float8[], %s::bool[])""",
 )
 # One run (the common start): plain parameters cost the server less than unnest().
 INSERT_RUN = _INSERT_RUNS.replace(
     "{rows}",
     """VALUES (%s::text, %s::text, %s::text, %s::text, %s::text, %s::float8, %s::float8,
-        %s::text, %s::float8, %s::int, %s::bigint, %s::text, %s::float8, %s::float8)""",
+        %s::text, %s::float8, %s::int, %s::bigint, %s::text, %s::float8, %s::float8,
+        %s::bool)""",
 )
 
 # A client's start of one run, in one statement: the run created (every
@@ -213,6 +214,24 @@ SELECT pg_notify('durably_work', id) FROM woken
 
 GET_RUNS = f"SELECT {RUN_COLUMNS} FROM durably.runs WHERE id = ANY(%s)"
 
+# A waiter's first read of runs it will wait for: a quiet run (see
+# migration 6) that has not ended is made to announce its end, under its
+# row's lock, and read as that update left it. Each row comes back with
+# whether it may still be quiet: the update skipped it because it changed
+# meanwhile (it ended, or another waiter cleared the flag), but the second
+# part reads it as of the statement's start, so it is read again.
+WATCH_RUNS = f"""
+WITH heard AS (
+    UPDATE durably.runs SET quiet = false
+    WHERE id = ANY(%(ids)s) AND quiet AND (status || '') NOT IN ('completed', 'failed', 'cancelled')
+    RETURNING {RUN_COLUMNS}
+)
+SELECT {RUN_COLUMNS}, false FROM heard
+UNION ALL
+SELECT {RUN_COLUMNS}, quiet AND status NOT IN ('completed', 'failed', 'cancelled')
+FROM durably.runs WHERE id = ANY(%(ids)s) AND id NOT IN (SELECT id FROM heard)
+"""
+
 # Prepared (a waiter reads at every run's end): with scans off and the state
 # tested as an expression, its generic plan is the primary key at any size.
 ENDED_RUNS = GET_RUNS + " AND (status || '') IN ('completed', 'failed', 'cancelled')"
@@ -313,7 +332,7 @@ WITH w AS (
         updated_at = %(now)s
     FROM w
     WHERE w.change AND r.id = w.id AND r.owner = %(me)s AND r.epoch = w.epoch
-    RETURNING r.id, r.status, r.parent_id, r.owner, w.release
+    RETURNING r.id, r.status, r.parent_id, r.owner, w.release, r.quiet
 ), ins AS (
     INSERT INTO durably.journal (run_id, seq, position, kind, name, payload, loc, at, epoch)
     SELECT e.* FROM unnest(%(e_run)s::text[], %(e_seq)s::int[], %(e_pos)s::int[],
@@ -330,7 +349,7 @@ WITH w AS (
     RETURNING p.id
 ), notes AS (
     SELECT pg_notify('durably_done', id) FROM fence
-    WHERE status IN ('completed', 'failed', 'cancelled')
+    WHERE status IN ('completed', 'failed', 'cancelled') AND NOT quiet
     UNION ALL
     SELECT pg_notify('durably_work', id) FROM fence WHERE release AND status = 'running'
     UNION ALL
@@ -360,7 +379,7 @@ WITH fence AS (
         pinned = r.pinned OR %(pin)s,
         updated_at = %(now)s
     WHERE r.id = %(id)s AND r.owner = %(me)s AND r.epoch = %(epoch)s
-    RETURNING r.id, r.status, r.parent_id, r.owner
+    RETURNING r.id, r.status, r.parent_id, r.owner, r.quiet
 ), ins AS (
     INSERT INTO durably.journal (run_id, seq, position, kind, name, payload, loc, at, epoch)
     {entries}
@@ -372,7 +391,7 @@ WITH fence AS (
     RETURNING p.id
 ), notes AS (
     SELECT pg_notify('durably_done', id) FROM fence
-    WHERE status IN ('completed', 'failed', 'cancelled')
+    WHERE status IN ('completed', 'failed', 'cancelled') AND NOT quiet
     UNION ALL
     SELECT pg_notify('durably_work', id) FROM fence WHERE %(release)s AND status = 'running'
     UNION ALL

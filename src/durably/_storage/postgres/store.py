@@ -68,6 +68,9 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "PostgreSQL support needs the postgres extra: pip install 'durably[postgres]'"
     ) from exc
 
+# Reads of a run whose quiet flag changed under the first (see q.WATCH_RUNS).
+WATCH_TRIES = 3
+
 log = logging.getLogger("durably.storage")
 
 # How long a call waits for a connection before saying the database is down.
@@ -239,9 +242,9 @@ class PostgresStorage(Storage):
     def _insert_runs(self, conn: psycopg.Connection[Any], runs: Sequence[NewRun]) -> set[str]:
         """Insert runs (ON CONFLICT DO NOTHING); the ids created, runnable ones announced."""
         if len(runs) == 1:
-            created = conn.execute(q.INSERT_RUN, run_row(runs[0])).fetchall()
+            created = conn.execute(q.INSERT_RUN, _run_row(runs[0])).fetchall()
         else:
-            columns = [list(col) for col in zip(*(run_row(r) for r in runs), strict=True)]
+            columns = [list(col) for col in zip(*(_run_row(r) for r in runs), strict=True)]
             created = conn.execute(q.INSERT_RUNS, columns).fetchall()
         workflows = sorted({wf for _, wf, status in created if status == "pending"})
         if workflows:
@@ -254,7 +257,7 @@ class PostgresStorage(Storage):
             return []
         if len(runs) == 1 and not runs[0].owner:  # one start: one round trip
             with self._conn() as conn:
-                row = conn.execute(q.START_RUN, run_row(runs[0])).fetchone()
+                row = conn.execute(q.START_RUN, _run_row(runs[0])).fetchone()
                 if row is not None:
                     return [(RunRecord(*row[:-1]), True)]
                 # The id exists: a new statement sees it even if it was created
@@ -376,7 +379,7 @@ class PostgresStorage(Storage):
         write = writes[0]
         create = lone_create(writes)
         if create is not None:  # started in this process, created claimed (so no NOTIFY)
-            return OneStatement(q.INSERT_RUN, run_row(create), write.run_id)
+            return OneStatement(q.INSERT_RUN, _run_row(create), write.run_id)
         append = lone_append(writes)
         if append is not None:  # a step's result in mid-run (see q.APPEND_ONE)
             params = _entry_params(append[1])
@@ -495,6 +498,24 @@ class PostgresStorage(Storage):
     def ended_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
         return self._read_runs(q.ENDED_RUNS, run_ids)
 
+    def watch_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        found: dict[str, RunRecord] = {}
+        unsure = list(run_ids)
+        for _ in range(WATCH_TRIES):
+            if not unsure:
+                break
+            with self._conn() as conn:
+                rows = conn.execute(q.WATCH_RUNS, {"ids": unsure}).fetchall()
+            unsure = []
+            for *columns, maybe_quiet in rows:
+                record = RunRecord(*columns)
+                found[record.id] = record
+                if maybe_quiet:
+                    unsure.append(record.id)
+        # Still unsure after every try (waiters clearing one run's flag again
+        # and again cannot be): its waiter's periodic re-read finds its end.
+        return [found[run_id] for run_id in run_ids if run_id in found]
+
     def _read_runs(self, sql: str, run_ids: Sequence[str]) -> list[RunRecord]:
         if not run_ids:
             return []
@@ -576,6 +597,13 @@ class PostgresStorage(Storage):
                 log.debug("LISTEN connection lost (%s); reconnecting", exc)
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def _run_row(run: NewRun) -> tuple[Any, ...]:
+    """INSERT_RUN's parameters: a run created claimed by a worker in the
+    starting process is quiet (migration 6): that worker answers its waiters
+    there."""
+    return (*run_row(run), run.owner is not None)
 
 
 def _entry_params(e: Entry) -> dict[str, Any]:

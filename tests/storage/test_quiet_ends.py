@@ -1,0 +1,114 @@
+"""Quiet ends (PostgreSQL's migration 6): a run created claimed by a worker
+in the starting process ends without a NOTIFY unless someone elsewhere
+watches it; watching it (``watch_runs``) makes its end announced, even in a
+race with the end itself."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from durably._storage import open_storage
+from durably._storage.base import RunUpdate, RunWrite, Storage
+
+from .test_storage import LEASE, T0, entry, new_run
+
+DONE = RunUpdate(status="completed", result='"done"', release=True)
+
+
+@pytest.fixture
+def pg_storage(pg: tuple[str, Any]) -> Iterator[tuple[Storage, str]]:
+    url, _ = pg
+    store = open_storage(url)
+    store.migrate()
+    yield store, url
+    store.close()
+
+
+def test_watch_runs_reads_runs_as_get_runs_does(storage: Storage) -> None:
+    storage.create_runs([new_run("plain"), new_run("mine", owner="w1", lease_until=T0 + LEASE)])
+    watched = storage.watch_runs(["mine", "missing", "plain"])
+    assert [r.id for r in watched] == ["mine", "plain"]
+    assert watched == [storage.get_run("mine"), storage.get_run("plain")]
+
+
+def _ends_heard(url: str, action: Any) -> list[str]:
+    """The run ids whose end was announced while ``action`` ran."""
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute("LISTEN durably_done")
+        action()
+        time.sleep(0.2)
+        return [note.payload for note in listener.notifies(timeout=0.5)]
+
+
+def test_only_runs_someone_watches_announce_their_end(pg_storage: tuple[Storage, str]) -> None:
+    storage, url = pg_storage
+    storage.create_runs(
+        [
+            new_run("client"),  # started by a client: its waiter is elsewhere
+            new_run("quiet", owner="w1", lease_until=T0 + LEASE),
+            new_run("watched", owner="w1", lease_until=T0 + LEASE),
+        ]
+    )
+    client = storage.claim("w1", ["wf"], 10, T0, LEASE)[0]
+    assert [r.status for r in storage.watch_runs(["watched"])] == ["running"]
+
+    def end_all() -> None:
+        for run_id, epoch in (("client", client.epoch), ("quiet", 1), ("watched", 1)):
+            assert storage.commit("w1", [RunWrite(run_id, epoch, [entry(0)], DONE)], T0) == set()
+
+    assert sorted(_ends_heard(url, end_all)) == ["client", "watched"]
+    assert {r.status for r in storage.get_runs(["client", "quiet", "watched"])} == {"completed"}
+
+
+def test_a_watch_racing_the_end_reads_the_ended_row(pg_storage: tuple[Storage, str]) -> None:
+    # The end holds the row's lock: the watch's update waits for it, then
+    # skips the row (it has ended), and the statement's other half reads it
+    # as of before. The watch must read it again, not wait for an end that
+    # was never announced.
+    storage, url = pg_storage
+    storage.create_runs([new_run("r", owner="w1", lease_until=T0 + LEASE)])
+    finisher = psycopg.connect(url)  # its transaction stays open until commit()
+    finisher.execute(
+        "UPDATE durably.runs SET status = 'completed', result = '1', owner = NULL WHERE id = 'r'"
+    )
+    seen: list[Any] = []
+    watcher = threading.Thread(target=lambda: seen.extend(storage.watch_runs(["r"])))
+    watcher.start()
+    watcher.join(0.5)
+    assert watcher.is_alive() and seen == []  # held back by the end's lock
+    finisher.commit()
+    finisher.close()
+    watcher.join(10)
+    assert [(r.id, r.status, r.result) for r in seen] == [("r", "completed", "1")]
+
+
+def test_a_watch_before_the_end_makes_it_announced(pg_storage: tuple[Storage, str]) -> None:
+    # The watch's update holds the lock first: the end, waiting for it, sees
+    # the run watched and announces it.
+    storage, url = pg_storage
+    storage.create_runs([new_run("r", owner="w1", lease_until=T0 + LEASE)])
+    watcher = psycopg.connect(url)
+    watcher.execute("UPDATE durably.runs SET quiet = false WHERE id = 'r'")
+    outcome: list[set[str]] = []
+
+    def end() -> None:
+        ender = threading.Thread(
+            target=lambda: outcome.append(
+                storage.commit("w1", [RunWrite("r", 1, [entry(0)], DONE)], T0)
+            )
+        )
+        ender.start()
+        ender.join(0.5)
+        assert ender.is_alive()  # held back by the watch's lock
+        watcher.commit()
+        ender.join(10)
+
+    assert _ends_heard(url, end) == ["r"]
+    watcher.close()
+    assert outcome == [set()]
