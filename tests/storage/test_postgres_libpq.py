@@ -6,6 +6,7 @@ be sent exactly must be left to psycopg, and errors must be psycopg's own.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sys
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import psycopg
 import pytest
 
 import durably
+from conftest import eventually
 from durably._storage.postgres import libpq
 
 
@@ -173,3 +175,58 @@ async def test_a_lone_run_on_a_connection_that_is_not_utf8_keeps_its_text(
     finally:
         app.close()
         postgres_server.drop(name)
+
+
+async def test_a_kept_reader_serves_every_statement_and_stops_when_nobody_waits(
+    conn: psycopg.AsyncConnection[Any], postgres_server: Any
+) -> None:
+    reader = libpq.Reader(asyncio.get_running_loop(), conn.pgconn.socket)
+    step = libpq.plan(INSERT)
+    assert step is not None
+    prepared: set[bytes] = set()
+    for i in range(5):
+        params = libpq.values(step, {"k": f"k{i}", "f": 1.0, "b": True, "i": i, "n": None})
+        assert params is not None
+        assert await libpq.execute(conn.pgconn, prepared, step, params, reader) == 1
+    assert reader._added  # kept between statements
+    # The server ends the session while nobody waits: the socket stays
+    # readable, and a reader left in place would be called on every turn.
+    with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (conn.pgconn.backend_pid,))
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if not reader._added:
+            break
+    assert not reader._added
+
+
+async def test_the_loop_writer_keeps_working_after_psycopg_used_its_connection(
+    pg: tuple[str, Any],
+) -> None:
+    """psycopg adds and removes its own reader of the socket (a ping after a
+    quiet spell, a statement libpq.py cannot send): the loop writer's kept
+    reader must step aside, or its next statement would wait forever."""
+    app = durably.App("test", pg[0])
+
+    @app.step()
+    async def bump(x: int) -> int:
+        return x + 1
+
+    @app.workflow()
+    async def flow(ctx: durably.Context, x: int) -> int:
+        return await bump(await bump(x))
+
+    try:
+        async with app.worker() as worker:
+            writer: Any = worker.committer._writer
+            for i in range(3):  # the connection is opened, then statements go raw
+                assert await (await app.start(flow, i)).result(timeout=20) == i + 2
+            assert writer._reader is not None
+            writer._used = 0.0  # as after a quiet spell: the next write pings first
+            assert await (await app.start(flow, 10)).result(timeout=20) == 12
+            await eventually(lambda: writer._tending is None)
+            for i in range(3):
+                assert await (await app.start(flow, 20 + i)).result(timeout=20) == 22 + i
+            assert writer._reader is not None  # raw statements again
+    finally:
+        app.close()

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
+import durably
 from durably._storage import open_storage
 from durably._storage.base import RunUpdate, RunWrite, Storage
 
@@ -48,22 +49,90 @@ def _ends_heard(url: str, action: Any) -> list[str]:
 
 def test_only_runs_someone_watches_announce_their_end(pg_storage: tuple[Storage, str]) -> None:
     storage, url = pg_storage
+    mine = {"owner": "w1", "lease_until": T0 + LEASE}
     storage.create_runs(
         [
             new_run("client"),  # started by a client: its waiter is elsewhere
-            new_run("quiet", owner="w1", lease_until=T0 + LEASE),
-            new_run("watched", owner="w1", lease_until=T0 + LEASE),
+            new_run("alone", **mine),
+            new_run("two-entries", **mine),
+            new_run("batched-1", **mine),
+            new_run("batched-2", **mine),
+            new_run("watched", **mine),
         ]
     )
     client = storage.claim("w1", ["wf"], 10, T0, LEASE)[0]
     assert [r.status for r in storage.watch_runs(["watched"])] == ["running"]
 
     def end_all() -> None:
-        for run_id, epoch in (("client", client.epoch), ("quiet", 1), ("watched", 1)):
-            assert storage.commit("w1", [RunWrite(run_id, epoch, [entry(0)], DONE)], T0) == set()
+        # Each shape of final write: one entry, two entries, a batch of runs.
+        batches = [
+            [RunWrite("client", client.epoch, [entry(0)], DONE)],
+            [RunWrite("alone", 1, [entry(0)], DONE)],
+            [RunWrite("two-entries", 1, [entry(0), entry(1)], DONE)],
+            [RunWrite("batched-1", 1, [entry(0)], DONE), RunWrite("batched-2", 1, [], DONE)],
+            [RunWrite("watched", 1, [entry(0)], DONE)],
+        ]
+        for writes in batches:
+            assert storage.commit("w1", writes, T0) == set()
 
     assert sorted(_ends_heard(url, end_all)) == ["client", "watched"]
-    assert {r.status for r in storage.get_runs(["client", "quiet", "watched"])} == {"completed"}
+    ended = storage.get_runs(["client", "alone", "two-entries", "batched-1", "batched-2"])
+    assert {r.status for r in ended} == {"completed"} and len(ended) == 5
+
+
+def test_a_watch_waits_for_a_rows_lock_holding_no_other(
+    pg_storage: tuple[Storage, str],
+) -> None:
+    # A group commit locks its runs' rows in its own order: a watch of many
+    # runs waiting for one of them while holding another could deadlock it.
+    storage, url = pg_storage
+    mine = {"owner": "w1", "lease_until": T0 + LEASE}
+    storage.create_runs([new_run(run_id, **mine) for run_id in ("a", "m", "z")])
+    writer = psycopg.connect(url)  # a write in flight holds m's row
+    writer.execute("SELECT 1 FROM durably.runs WHERE id = 'm' FOR NO KEY UPDATE")
+    seen: list[Any] = []
+    watcher = threading.Thread(target=lambda: seen.extend(storage.watch_runs(["z", "m", "a"])))
+    watcher.start()
+    watcher.join(0.5)
+    assert watcher.is_alive()  # it waits for m ...
+    with psycopg.connect(url, autocommit=True) as other:  # ... holding no other row
+        other.execute("SET lock_timeout = '1s'")
+        locked = other.execute(
+            "SELECT id, quiet FROM durably.runs WHERE id IN ('a', 'z') FOR UPDATE"
+        ).fetchall()
+    assert sorted(locked) == [("a", False), ("z", False)]
+    writer.execute("UPDATE durably.runs SET status = 'completed', owner = NULL WHERE id = 'm'")
+    writer.commit()
+    writer.close()
+    watcher.join(10)
+    assert [(r.id, r.status) for r in seen] == [
+        ("z", "running"),
+        ("m", "completed"),
+        ("a", "running"),
+    ]
+
+
+async def test_a_run_started_beside_a_worker_is_quiet_and_a_clients_is_not(
+    pg: tuple[str, Any],
+) -> None:
+    app = durably.App("test", pg[0])
+
+    @app.workflow()
+    async def flow(ctx: durably.Context, x: int) -> int:
+        return x
+
+    try:
+        client = await app.start(flow, 1)  # no worker here yet
+        async with app.worker():
+            for i in range(3):  # the loop's own connection is up after the first
+                handle = await app.start(flow, i, id=f"beside-{i}")
+                assert await handle.result(timeout=20) == i
+            assert await client.result(timeout=20) == 1
+        with psycopg.connect(pg[0]) as check:
+            quiet = dict(check.execute("SELECT id, quiet FROM durably.runs").fetchall())
+        assert quiet == {client.id: False, "beside-0": True, "beside-1": True, "beside-2": True}
+    finally:
+        app.close()
 
 
 def test_a_watch_racing_the_end_reads_the_ended_row(pg_storage: tuple[Storage, str]) -> None:

@@ -6,7 +6,8 @@ named parameters, its prepared-statement bookkeeping), and a lone run sends
 four statements, each on the run's critical path. Here a statement is
 prepared once per connection under its own name, its parameters are turned
 into text by ``_text`` and sent with ``PQsendQueryPrepared``, and the answer
-is awaited with the loop's own reader callback. Text is sent as UTF-8, so
+is awaited with the loop's own reader callback (one kept per connection,
+see :class:`Reader`). Text is sent as UTF-8, so
 only a connection whose client encoding is UTF-8 takes this path.
 
 Only statements whose parameters are all plain scalars (text, numbers,
@@ -20,9 +21,11 @@ alike.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import math
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,20 +109,30 @@ def _text(value: Any) -> bytes | None:
 
 
 async def execute(
-    pgconn: pq.abc.PGconn, prepared: set[bytes], step: Plan, params: list[bytes | None]
+    pgconn: pq.abc.PGconn,
+    prepared: set[bytes],
+    step: Plan,
+    params: list[bytes | None],
+    reader: Reader | None = None,
 ) -> int:
     """Run ``step`` with ``params`` (preparing it first on this connection if
-    needed); the number of rows it returned."""
+    needed); the number of rows it returned. ``reader``, if given, is the
+    connection's socket reader; else one is added for each wait."""
     loop = asyncio.get_running_loop()
+    readable = reader.readable if reader is not None else functools.partial(_readable, loop, pgconn)
     if step.name not in prepared:
         pgconn.send_prepare(step.name, step.sql)
-        await _results(pgconn, loop)
+        await _results(pgconn, loop, readable)
         prepared.add(step.name)
     pgconn.send_query_prepared(step.name, params)
-    return sum(result.ntuples for result in await _results(pgconn, loop))
+    return sum(result.ntuples for result in await _results(pgconn, loop, readable))
 
 
-async def _results(pgconn: pq.abc.PGconn, loop: asyncio.AbstractEventLoop) -> list[pq.abc.PGresult]:
+async def _results(
+    pgconn: pq.abc.PGconn,
+    loop: asyncio.AbstractEventLoop,
+    readable: Callable[[], Awaitable[None]],
+) -> list[pq.abc.PGresult]:
     """Every result of what was sent, up to the end of the exchange; raises
     on any error among them. An autocommitted statement can hand back its
     rows and then fail at its commit (a deferred constraint, a serialization
@@ -133,7 +146,7 @@ async def _results(pgconn: pq.abc.PGconn, loop: asyncio.AbstractEventLoop) -> li
         # the loop (and, in psycopg's C build, the whole process).
         pgconn.consume_input()
         while pgconn.is_busy():
-            await _ready(loop.add_reader, loop.remove_reader, fd, loop)
+            await readable()
             pgconn.consume_input()
         result = pgconn.get_result()
         if result is None:
@@ -145,6 +158,54 @@ async def _results(pgconn: pq.abc.PGconn, loop: asyncio.AbstractEventLoop) -> li
     if not results:
         raise psycopg.OperationalError("the server sent no result")
     return results
+
+
+class Reader:
+    """The event loop's reader of one connection's socket, added once and
+    kept: adding and removing it around every wait costs more than the rest
+    of the exchange's Python (uvloop makes and frees a poll handle and calls
+    epoll_ctl twice each time).
+
+    Whoever lets psycopg use the connection calls :meth:`stop` first:
+    psycopg adds and removes its own reader on the same socket, which would
+    replace this one and then remove it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._waiter: asyncio.Future[None] | None = None
+        self._added = False
+
+    async def readable(self) -> None:
+        waiter = self._loop.create_future()
+        self._waiter = waiter
+        if not self._added:
+            self._loop.add_reader(self._fd, self._ready)
+            self._added = True
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _ready(self) -> None:
+        waiter = self._waiter
+        if waiter is None:
+            # Readable with nobody waiting (a notice, the server closing the
+            # connection): stop watching until the next wait, or the loop
+            # would call this on every turn.
+            self.stop()
+        elif not waiter.done():
+            waiter.set_result(None)
+
+    def stop(self) -> None:
+        if self._added:
+            self._added = False
+            self._loop.remove_reader(self._fd)
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, pgconn: pq.abc.PGconn) -> None:
+    await _ready(loop.add_reader, loop.remove_reader, pgconn.socket, loop)
 
 
 async def _ready(add: Any, remove: Any, fd: int, loop: asyncio.AbstractEventLoop) -> None:

@@ -46,6 +46,7 @@ class LoopWriter:
         self._idle_check = idle_check
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._cursor: psycopg.AsyncCursor[Any] | None = None  # reused: a new one costs
+        self._reader: libpq.Reader | None = None  # its socket's, kept between statements
         self._prepared: set[bytes] = set()  # what libpq.execute prepared on this connection
         self._utf8 = False  # the connection's client encoding (libpq.py sends UTF-8)
         self._used = 0.0  # monotonic time of its last good answer
@@ -94,6 +95,7 @@ class LoopWriter:
                 count = await self._send_raw(conn, step, params)
                 rows: list[Any] = [()] * count
             else:
+                self._psycopg_next()
                 await cursor.execute(single.sql, single.params)
                 rows = await cursor.fetchall()
         except psycopg.OperationalError as exc:
@@ -109,7 +111,9 @@ class LoopWriter:
         self, conn: psycopg.AsyncConnection[Any], step: libpq.Plan, params: list[bytes | None]
     ) -> int:
         try:
-            return await libpq.execute(conn.pgconn, self._prepared, step, params)
+            if self._reader is None:
+                self._reader = libpq.Reader(asyncio.get_running_loop(), conn.pgconn.socket)
+            return await libpq.execute(conn.pgconn, self._prepared, step, params, self._reader)
         except BaseException:
             if conn.pgconn.transaction_status == TransactionStatus.ACTIVE:
                 # Interrupted with the statement in flight (its caller was
@@ -146,7 +150,15 @@ class LoopWriter:
         finally:
             self._tending = None
 
+    def _psycopg_next(self) -> None:
+        """psycopg is about to use the connection: its own reader of the
+        socket would replace ours, then remove it (see libpq.Reader)."""
+        if self._reader is not None:
+            self._reader.stop()
+            self._reader = None
+
     async def _open_or_ping(self) -> None:
+        self._psycopg_next()
         conn = self._conn
         if conn is None or conn.closed or conn.broken:
             self._conn = self._cursor = None
@@ -164,6 +176,7 @@ class LoopWriter:
             await conn.execute("SELECT 1")
 
     async def _drop(self) -> None:
+        self._psycopg_next()
         conn, self._conn, self._cursor = self._conn, None, None
         if conn is not None:
             with contextlib.suppress(Exception):

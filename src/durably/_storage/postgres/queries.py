@@ -216,20 +216,35 @@ GET_RUNS = f"SELECT {RUN_COLUMNS} FROM durably.runs WHERE id = ANY(%s)"
 
 # A waiter's first read of runs it will wait for: a quiet run (see
 # migration 6) that has not ended is made to announce its end, under its
-# row's lock, and read as that update left it. Each row comes back with
-# whether it may still be quiet: the update skipped it because it changed
-# meanwhile (it ended, or another waiter cleared the flag), but the second
-# part reads it as of the statement's start, so it is read again.
+# row's lock, and read as that update left it. It takes no lock another
+# statement holds (SKIP LOCKED): a writer locks a batch of runs in its own
+# order, and two statements each holding a row the other wants would
+# deadlock. Each row comes back with whether it may still be quiet: its
+# lock was held (its end may be in flight), or it changed after the
+# statement began (it ended, or another waiter cleared the flag), and the
+# second part reads it as of then. Those are watched one by one
+# (WATCH_RUN), each waiting for its row's lock while holding no other.
 WATCH_RUNS = f"""
-WITH heard AS (
+WITH free AS (
+    SELECT id FROM durably.runs
+    WHERE id = ANY(%(ids)s) AND quiet
+      AND (status || '') NOT IN ('completed', 'failed', 'cancelled')
+    FOR NO KEY UPDATE SKIP LOCKED
+), heard AS (
     UPDATE durably.runs SET quiet = false
-    WHERE id = ANY(%(ids)s) AND quiet AND (status || '') NOT IN ('completed', 'failed', 'cancelled')
+    WHERE id IN (SELECT id FROM free)
     RETURNING {RUN_COLUMNS}
 )
 SELECT {RUN_COLUMNS}, false FROM heard
 UNION ALL
 SELECT {RUN_COLUMNS}, quiet AND status NOT IN ('completed', 'failed', 'cancelled')
 FROM durably.runs WHERE id = ANY(%(ids)s) AND id NOT IN (SELECT id FROM heard)
+"""
+
+WATCH_RUN = f"""
+UPDATE durably.runs SET quiet = false
+WHERE id = %s AND quiet AND (status || '') NOT IN ('completed', 'failed', 'cancelled')
+RETURNING {RUN_COLUMNS}
 """
 
 # Prepared (a waiter reads at every run's end): with scans off and the state

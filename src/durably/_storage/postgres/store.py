@@ -68,9 +68,6 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "PostgreSQL support needs the postgres extra: pip install 'durably[postgres]'"
     ) from exc
 
-# Reads of a run whose quiet flag changed under the first (see q.WATCH_RUNS).
-WATCH_TRIES = 3
-
 log = logging.getLogger("durably.storage")
 
 # How long a call waits for a connection before saying the database is down.
@@ -499,21 +496,24 @@ class PostgresStorage(Storage):
         return self._read_runs(q.ENDED_RUNS, run_ids)
 
     def watch_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        if not run_ids:
+            return []
         found: dict[str, RunRecord] = {}
-        unsure = list(run_ids)
-        for _ in range(WATCH_TRIES):
-            if not unsure:
-                break
-            with self._conn() as conn:
-                rows = conn.execute(q.WATCH_RUNS, {"ids": unsure}).fetchall()
+        with self._conn() as conn:
             unsure = []
-            for *columns, maybe_quiet in rows:
+            for *columns, maybe_quiet in conn.execute(q.WATCH_RUNS, {"ids": list(run_ids)}):
                 record = RunRecord(*columns)
                 found[record.id] = record
                 if maybe_quiet:
                     unsure.append(record.id)
-        # Still unsure after every try (waiters clearing one run's flag again
-        # and again cannot be): its waiter's periodic re-read finds its end.
+            for run_id in unsure:
+                # Autocommitted, one row each: it waits for a write holding
+                # the row (the run's end, maybe) and then sees what it left.
+                row = conn.execute(q.WATCH_RUN, (run_id,)).fetchone()
+                if row is None:  # ended, or announced already: as it is now
+                    row = conn.execute(q.GET_RUN, (run_id,)).fetchone()
+                if row is not None:
+                    found[run_id] = RunRecord(*row)
         return [found[run_id] for run_id in run_ids if run_id in found]
 
     def _read_runs(self, sql: str, run_ids: Sequence[str]) -> list[RunRecord]:
