@@ -180,7 +180,7 @@ async def test_a_lone_run_on_a_connection_that_is_not_utf8_keeps_its_text(
 async def test_a_kept_reader_serves_every_statement_and_stops_when_nobody_waits(
     conn: psycopg.AsyncConnection[Any], postgres_server: Any
 ) -> None:
-    reader = libpq.Reader(asyncio.get_running_loop(), conn.pgconn.socket)
+    reader = libpq.Reader(asyncio.get_running_loop(), conn.pgconn)
     step = libpq.plan(INSERT)
     assert step is not None
     prepared: set[bytes] = set()
@@ -188,6 +188,7 @@ async def test_a_kept_reader_serves_every_statement_and_stops_when_nobody_waits(
         params = libpq.values(step, {"k": f"k{i}", "f": 1.0, "b": True, "i": i, "n": None})
         assert params is not None
         assert await libpq.execute(conn.pgconn, prepared, step, params, reader) == 1
+        await asyncio.sleep(0.01)  # loop turns with nobody waiting
     assert reader._added  # kept between statements
     # The server ends the session while nobody waits: the socket stays
     # readable, and a reader left in place would be called on every turn.
@@ -216,6 +217,12 @@ async def test_the_loop_writer_keeps_working_after_psycopg_used_its_connection(
     async def flow(ctx: durably.Context, x: int) -> int:
         return await bump(await bump(x))
 
+    @app.workflow()
+    async def fan(ctx: durably.Context, x: int) -> int:
+        # Both results in one write: two entries, sent by psycopg (arrays).
+        a, b = await asyncio.gather(bump(x), bump(x + 1))
+        return await bump(a + b)
+
     try:
         async with app.worker() as worker:
             writer: Any = worker.committer._writer
@@ -228,5 +235,17 @@ async def test_the_loop_writer_keeps_working_after_psycopg_used_its_connection(
             for i in range(3):
                 assert await (await app.start(flow, 20 + i)).result(timeout=20) == 22 + i
             assert writer._reader is not None  # raw statements again
+            stepped_aside = writer._psycopg_next
+            sent_by_psycopg = []
+
+            def psycopg_next() -> None:
+                sent_by_psycopg.append(writer._reader is not None)
+                stepped_aside()
+
+            writer._psycopg_next = psycopg_next
+            for i in range(3):
+                assert await (await app.start(fan, i)).result(timeout=20) == 2 * i + 4
+                assert await (await app.start(flow, i)).result(timeout=20) == i + 2
+            assert True in sent_by_psycopg  # a kept reader stepped aside for psycopg
     finally:
         app.close()

@@ -89,22 +89,24 @@ def test_a_watch_waits_for_a_rows_lock_holding_no_other(
     mine = {"owner": "w1", "lease_until": T0 + LEASE}
     storage.create_runs([new_run(run_id, **mine) for run_id in ("a", "m", "z")])
     writer = psycopg.connect(url)  # a write in flight holds m's row
-    writer.execute("SELECT 1 FROM durably.runs WHERE id = 'm' FOR NO KEY UPDATE")
     seen: list[Any] = []
     watcher = threading.Thread(target=lambda: seen.extend(storage.watch_runs(["z", "m", "a"])))
-    watcher.start()
-    watcher.join(0.5)
-    assert watcher.is_alive()  # it waits for m ...
-    with psycopg.connect(url, autocommit=True) as other:  # ... holding no other row
-        other.execute("SET lock_timeout = '1s'")
-        locked = other.execute(
-            "SELECT id, quiet FROM durably.runs WHERE id IN ('a', 'z') FOR UPDATE"
-        ).fetchall()
-    assert sorted(locked) == [("a", False), ("z", False)]
-    writer.execute("UPDATE durably.runs SET status = 'completed', owner = NULL WHERE id = 'm'")
-    writer.commit()
-    writer.close()
-    watcher.join(10)
+    try:
+        writer.execute("SELECT 1 FROM durably.runs WHERE id = 'm' FOR NO KEY UPDATE")
+        watcher.start()
+        watcher.join(0.5)
+        assert watcher.is_alive()  # it waits for m ...
+        with psycopg.connect(url, autocommit=True) as other:  # ... holding no other row
+            other.execute("SET lock_timeout = '1s'")
+            locked = other.execute(
+                "SELECT id, quiet FROM durably.runs WHERE id IN ('a', 'z') FOR UPDATE"
+            ).fetchall()
+        assert sorted(locked) == [("a", False), ("z", False)]
+        writer.execute("UPDATE durably.runs SET status = 'completed', owner = NULL WHERE id = 'm'")
+        writer.commit()
+    finally:
+        writer.close()  # a failed assertion must not leave the watcher blocked
+        watcher.join(10)
     assert [(r.id, r.status) for r in seen] == [
         ("z", "running"),
         ("m", "completed"),
@@ -143,17 +145,20 @@ def test_a_watch_racing_the_end_reads_the_ended_row(pg_storage: tuple[Storage, s
     storage, url = pg_storage
     storage.create_runs([new_run("r", owner="w1", lease_until=T0 + LEASE)])
     finisher = psycopg.connect(url)  # its transaction stays open until commit()
-    finisher.execute(
-        "UPDATE durably.runs SET status = 'completed', result = '1', owner = NULL WHERE id = 'r'"
-    )
     seen: list[Any] = []
     watcher = threading.Thread(target=lambda: seen.extend(storage.watch_runs(["r"])))
-    watcher.start()
-    watcher.join(0.5)
-    assert watcher.is_alive() and seen == []  # held back by the end's lock
-    finisher.commit()
-    finisher.close()
-    watcher.join(10)
+    try:
+        finisher.execute(
+            "UPDATE durably.runs SET status = 'completed', result = '1', owner = NULL"
+            " WHERE id = 'r'"
+        )
+        watcher.start()
+        watcher.join(0.5)
+        assert watcher.is_alive() and seen == []  # held back by the end's lock
+        finisher.commit()
+    finally:
+        finisher.close()
+        watcher.join(10)
     assert [(r.id, r.status, r.result) for r in seen] == [("r", "completed", "1")]
 
 
@@ -181,3 +186,19 @@ def test_a_watch_before_the_end_makes_it_announced(pg_storage: tuple[Storage, st
     assert _ends_heard(url, end) == ["r"]
     watcher.close()
     assert outcome == [set()]
+
+
+def test_a_retried_run_announces_its_next_end(pg_storage: tuple[Storage, str]) -> None:
+    # `durably retry` hands a failed run to whichever worker claims it next,
+    # here or elsewhere: its waiters may be anywhere.
+    storage, url = pg_storage
+    storage.create_runs([new_run("r", owner="w1", lease_until=T0 + LEASE)])
+    failed = RunUpdate(status="failed", error='{"type": "E"}', release=True)
+    assert storage.commit("w1", [RunWrite("r", 1, [entry(0)], failed)], T0) == set()
+    assert storage.set_status("r", "pending", T0 + 1, expect=("failed",))
+    run = storage.claim("w2", ["wf"], 10, T0 + 2, LEASE)[0]
+
+    def end() -> None:
+        assert storage.commit("w2", [RunWrite("r", run.epoch, [entry(1)], DONE)], T0 + 3) == set()
+
+    assert _ends_heard(url, end) == ["r"]

@@ -171,32 +171,40 @@ class Reader:
     replace this one and then remove it.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, pgconn: pq.abc.PGconn) -> None:
         self._loop = loop
-        self._fd = fd
+        self._pgconn = pgconn
+        self._fd = pgconn.socket
         self._waiter: asyncio.Future[None] | None = None
         self._added = False
 
     async def readable(self) -> None:
         waiter = self._loop.create_future()
         self._waiter = waiter
-        if not self._added:
-            self._loop.add_reader(self._fd, self._ready)
-            self._added = True
         try:
+            if not self._added:
+                self._loop.add_reader(self._fd, self._ready)
+                self._added = True
             await waiter
         finally:
             self._waiter = None
 
     def _ready(self) -> None:
         waiter = self._waiter
-        if waiter is None:
-            # Readable with nobody waiting (a notice, the server closing the
-            # connection): stop watching until the next wait, or the loop
-            # would call this on every turn.
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+            return
+        # Readable with nobody waiting: asyncio's loop looks at the socket
+        # again before the woken task has read it, so this is often called
+        # once more after its answer was taken; else a notice came, or the
+        # server closed the connection. Whatever is there is taken into
+        # libpq's buffer, or the loop would call this on every turn; if the
+        # connection is gone, watching stops (the next statement fails).
+        try:
+            self._pgconn.consume_input()
+        except Exception:  # noqa: BLE001 - psycopg's error for a lost connection
             self.stop()
-        elif not waiter.done():
-            waiter.set_result(None)
 
     def stop(self) -> None:
         if self._added:

@@ -112,7 +112,7 @@ class LoopWriter:
     ) -> int:
         try:
             if self._reader is None:
-                self._reader = libpq.Reader(asyncio.get_running_loop(), conn.pgconn.socket)
+                self._reader = libpq.Reader(asyncio.get_running_loop(), conn.pgconn)
             return await libpq.execute(conn.pgconn, self._prepared, step, params, self._reader)
         except BaseException:
             if conn.pgconn.transaction_status == TransactionStatus.ACTIVE:

@@ -175,7 +175,8 @@ UPDATE durably.runs
 SET status = %(status)s, owner = NULL, lease_until = NULL, wake_at = NULL,
     error = CASE WHEN %(status)s = 'pending' THEN NULL ELSE error END,
     finished_at = CASE WHEN %(status)s = 'pending' THEN NULL ELSE finished_at END,
-    updated_at = %(now)s
+    updated_at = %(now)s,
+    quiet = false  -- whoever runs it now, its end is announced (migration 6)
 WHERE id = %(id)s
 """
 
