@@ -202,3 +202,29 @@ def test_a_retried_run_announces_its_next_end(pg_storage: tuple[Storage, str]) -
         assert storage.commit("w2", [RunWrite("r", run.epoch, [entry(1)], DONE)], T0 + 3) == set()
 
     assert _ends_heard(url, end) == ["r"]
+
+
+def test_a_watch_does_not_wait_long_for_a_row_held_in_a_forgotten_transaction(
+    pg_storage: tuple[Storage, str],
+) -> None:
+    # Every waiter of a process shares the thread that watches: a row held
+    # for minutes must not stall them all. It is read as it is; its waiter's
+    # periodic re-read finds its end.
+    storage, url = pg_storage
+    mine = {"owner": "w1", "lease_until": T0 + LEASE}
+    storage.create_runs([new_run(run_id, **mine) for run_id in ("a", "m")])
+    holder = psycopg.connect(url)
+    seen: list[Any] = []
+    watcher = threading.Thread(target=lambda: seen.extend(storage.watch_runs(["a", "m"])))
+    try:
+        holder.execute("SELECT 1 FROM durably.runs WHERE id = 'm' FOR NO KEY UPDATE")
+        watcher.start()
+        watcher.join(5)
+        assert not watcher.is_alive()
+    finally:
+        holder.close()
+        watcher.join(10)
+    assert [(r.id, r.status) for r in seen] == [("a", "running"), ("m", "running")]
+    with psycopg.connect(url) as check:
+        quiet = dict(check.execute("SELECT id, quiet FROM durably.runs").fetchall())
+    assert quiet == {"a": False, "m": True}

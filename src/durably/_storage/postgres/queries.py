@@ -242,6 +242,8 @@ SELECT {RUN_COLUMNS}, quiet AND status NOT IN ('completed', 'failed', 'cancelled
 FROM durably.runs WHERE id = ANY(%(ids)s) AND id NOT IN (SELECT id FROM heard)
 """
 
+WATCH_LOCK_WAIT = "SET LOCAL lock_timeout = '1s'"
+
 WATCH_RUN = f"""
 UPDATE durably.runs SET quiet = false
 WHERE id = %s AND quiet AND (status || '') NOT IN ('completed', 'failed', 'cancelled')

@@ -507,10 +507,18 @@ class PostgresStorage(Storage):
                 if maybe_quiet:
                     unsure.append(record.id)
             for run_id in unsure:
-                # Autocommitted, one row each: it waits for a write holding
-                # the row (the run's end, maybe) and then sees what it left.
-                row = conn.execute(q.WATCH_RUN, (run_id,)).fetchone()
-                if row is None:  # ended, or announced already: as it is now
+                # One row each: it waits for a write holding the row (the
+                # run's end, maybe) and then sees what it left; not for long,
+                # or one row held in a forgotten transaction would stall
+                # every waiter of this process (they share this thread).
+                row = None
+                try:
+                    with conn.transaction():
+                        conn.execute(q.WATCH_LOCK_WAIT)
+                        row = conn.execute(q.WATCH_RUN, (run_id,)).fetchone()
+                except psycopg.errors.LockNotAvailable:
+                    pass  # read as it is: its waiter's periodic re-read finds its end
+                if row is None:  # ended, announced already, or held too long
                     row = conn.execute(q.GET_RUN, (run_id,)).fetchone()
                 if row is not None:
                     found[run_id] = RunRecord(*row)
