@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 
 import durably
+from durably._storage import open_storage
+from durably._storage.base import Storage
 from outage_proxy import OutageProxy
 
 PG_URL = os.environ.get("DURABLY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -84,6 +86,16 @@ def pg(postgres_server: PostgresServer) -> Iterator[tuple[str, OutageProxy]]:
     finally:
         proxy.close()
         postgres_server.drop(name)
+
+
+@pytest.fixture
+def pg_storage(pg: tuple[str, OutageProxy]) -> Iterator[tuple[Storage, str]]:
+    """A migrated store on a fresh PostgreSQL database, and that database's URL."""
+    url, _ = pg
+    store = open_storage(url)
+    store.migrate()
+    yield store, url
+    store.close()
 
 
 @pytest.fixture(params=BACKENDS)

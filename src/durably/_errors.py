@@ -30,6 +30,13 @@ class DatabaseUnavailable(DatabaseError):
         self.reached = reached
 
 
+class WriteConflict(DatabaseError):
+    """The server rolled a statement back on a conflict with another
+    transaction (a deadlock, a serialization failure, a lock it would not
+    wait for): nothing of it was written, the connection is fine, and the
+    same statement is likely to go through if sent again."""
+
+
 class PayloadError(DurablyError, TypeError):
     """A value cannot be stored in the journal (not serialisable, or too large)."""
 

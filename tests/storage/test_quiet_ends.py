@@ -7,28 +7,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-import pytest
 
 import durably
-from durably._storage import open_storage
 from durably._storage.base import RunUpdate, RunWrite, Storage
 
 from .test_storage import LEASE, T0, entry, new_run
 
 DONE = RunUpdate(status="completed", result='"done"', release=True)
-
-
-@pytest.fixture
-def pg_storage(pg: tuple[str, Any]) -> Iterator[tuple[Storage, str]]:
-    url, _ = pg
-    store = open_storage(url)
-    store.migrate()
-    yield store, url
-    store.close()
 
 
 def test_watch_runs_reads_runs_as_get_runs_does(storage: Storage) -> None:

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .._errors import DatabaseUnavailable
+from .._errors import DatabaseUnavailable, WriteConflict
 from .._faults import fault
 from .._storage.base import RunWrite, Storage
 from .outage import Outage
@@ -36,6 +36,10 @@ log = logging.getLogger("durably.worker")
 
 # How long writes wait for an unreachable database before their runs are dropped.
 OUTAGE_PATIENCE = 300.0
+# Commits of one batch rolled back on a conflict (a deadlock) before it fails,
+# and the pause before the second try (longer before each next).
+CONFLICT_TRIES = 4
+CONFLICT_PAUSE = 0.01
 
 
 class CommitFailed(Exception):
@@ -125,12 +129,17 @@ class Committer:
     async def _send_from_loop(self, write: RunWrite, prepared: Any) -> bool:
         assert self._writer is not None
         result: set[str] | BaseException
+        fut: asyncio.Future[bool]
         try:
             fault("commit.before")
             result = await self._writer.send(prepared)
+        except WriteConflict:  # rolled back, nothing written: the thread tries again
+            fut = self._loop.create_future()
+            self._to_thread(write, fut)
+            return await fut
         except DatabaseUnavailable as exc:
             if not exc.reached:  # nothing was sent: the thread takes it, with its patience
-                fut: asyncio.Future[bool] = self._loop.create_future()
+                fut = self._loop.create_future()
                 self._to_thread(write, fut)
                 return await fut
             # Whether it committed is unknown: the run is dropped and replayed.
@@ -220,6 +229,7 @@ class Committer:
         """
         delay = 0.05
         give_up = time.monotonic() + OUTAGE_PATIENCE
+        conflicts = 0
         while True:
             try:
                 fault("commit.before")
@@ -227,6 +237,14 @@ class Committer:
                     self._worker_id, [write for write, _ in batch], self._clock()
                 )
                 fault("commit.after")
+            except WriteConflict:
+                # Rolled back on another transaction's locks (a deadlock, say):
+                # nothing was written; the same commit again very likely goes.
+                conflicts += 1
+                if conflicts >= CONFLICT_TRIES or self._stopped:
+                    raise
+                time.sleep(CONFLICT_PAUSE * conflicts)
+                continue
             except DatabaseUnavailable as exc:
                 if exc.reached or self._stopped or time.monotonic() > give_up:
                     raise

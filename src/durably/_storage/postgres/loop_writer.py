@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from ..._errors import DatabaseError, DatabaseUnavailable
+from ..._errors import DatabaseError, DatabaseUnavailable, WriteConflict
 from ..base import RunWrite
 from . import libpq
 from . import queries as q
@@ -35,6 +35,17 @@ if TYPE_CHECKING:
     from .store import OneStatement, PostgresStorage
 
 log = logging.getLogger("durably.storage")
+
+# Errors of a statement the server rolled back on a conflict with another
+# transaction: psycopg counts them among its OperationalErrors, with a lost
+# connection, but nothing was written and the connection is fine. Not
+# 40003 (statement completion unknown) or 40002 (a constraint).
+CONFLICTS = (
+    psycopg.errors.TransactionRollback,  # 40000
+    psycopg.errors.SerializationFailure,  # 40001
+    psycopg.errors.DeadlockDetected,  # 40P01
+    psycopg.errors.LockNotAvailable,  # 55P03
+)
 
 RECONNECT_GAP = 1.0  # seconds between attempts to open the connection
 TEND_PATIENCE = 10.0  # seconds an open or a ping may take before it is given up
@@ -98,6 +109,11 @@ class LoopWriter:
                 self._psycopg_next()
                 await cursor.execute(single.sql, single.params)
                 rows = await cursor.fetchall()
+        except CONFLICTS as exc:
+            if not conn.broken:  # rolled back, the connection fine: nothing written
+                raise WriteConflict(f"{self._storage.url}: {type(exc).__name__}: {exc}") from exc
+            await self._drop()
+            raise DatabaseUnavailable(self._storage.unreachable(exc)) from None
         except psycopg.OperationalError as exc:
             # Sent, and the answer lost: whether it committed is unknown.
             await self._drop()

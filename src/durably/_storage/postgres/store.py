@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..._engine.journal import Entry
-from ..._errors import ConfigurationError, DatabaseError, DatabaseUnavailable, RunNotFound
+from ..._errors import (
+    ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailable,
+    RunNotFound,
+    WriteConflict,
+)
 from ..base import (
     CHANNEL_CANCEL,
     CHANNEL_DONE,
@@ -58,7 +64,7 @@ from ..common import (
     wake_missed,
 )
 from . import queries as q
-from .loop_writer import LoopWriter
+from .loop_writer import CONFLICTS, LoopWriter
 
 try:
     import psycopg
@@ -173,6 +179,11 @@ class PostgresStorage(Storage):
             raise DatabaseUnavailable(self.unreachable(exc), reached=False) from None
         try:
             yield conn
+        except CONFLICTS as exc:
+            handout.__exit__(type(exc), exc, exc.__traceback__)
+            if conn.broken:
+                raise DatabaseUnavailable(self.unreachable(exc)) from None
+            raise WriteConflict(f"{self._where}: {type(exc).__name__}: {exc}") from exc
         except psycopg.OperationalError as exc:
             handout.__exit__(type(exc), exc, exc.__traceback__)
             raise DatabaseUnavailable(self.unreachable(exc)) from None
