@@ -21,8 +21,9 @@ from ._batching import Batcher, BatcherClosed
 from ._checks import RUN_ID_LIMIT, check_count, check_name, step_options, to_seconds
 from ._engine.instance import current_instance
 from ._errors import (
+    TRANSIENT,
     ConfigurationError,
-    DatabaseUnavailable,
+    DatabaseError,
     PayloadError,
     RunNotFound,
     UnknownWorkflowError,
@@ -716,10 +717,10 @@ async def _until(
     value: T | None = None
     try:
         while True:
-            error: DatabaseUnavailable | None = None
+            error: DatabaseError | None = None
             try:
                 ready, value = await fetch()
-            except DatabaseUnavailable as exc:
+            except TRANSIENT as exc:
                 ready, error = False, exc
             if ready:
                 return value
@@ -744,10 +745,10 @@ def _until_sync(
     value: T | None = None
     try:
         while True:
-            error: DatabaseUnavailable | None = None
+            error: DatabaseError | None = None
             try:
                 ready, value = fetch()
-            except DatabaseUnavailable as exc:
+            except TRANSIENT as exc:
                 ready, error = False, exc
             if ready:
                 return value

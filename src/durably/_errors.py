@@ -37,6 +37,10 @@ class WriteConflict(DatabaseError):
     same statement is likely to go through if sent again."""
 
 
+# Errors after which the same operation, tried again later, may well succeed.
+TRANSIENT = (DatabaseUnavailable, WriteConflict)
+
+
 class PayloadError(DurablyError, TypeError):
     """A value cannot be stored in the journal (not serialisable, or too large)."""
 

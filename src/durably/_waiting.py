@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from ._errors import DatabaseError, DatabaseUnavailable
+from ._errors import TRANSIENT, DatabaseError, DatabaseUnavailable
 
 Listener = Callable[[str, str], None]
 
@@ -378,7 +378,7 @@ class RunWatcher:
                         following = False  # ends were missed: look at the held handles again
                 try:
                     self._first_read(new)
-                except DatabaseUnavailable:  # an outage: try again later
+                except TRANSIENT:  # an outage, a lock conflict: try again later
                     with self._lock:
                         self._new |= new
                 except Exception as exc:  # noqa: BLE001 - it would fail every time

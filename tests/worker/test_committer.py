@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+import pytest
 
 import durably
 from durably._errors import WriteConflict
+from durably._storage import open_storage
 from durably._storage.base import RunUpdate, RunWrite, Storage
-from durably._worker.committer import Committer
+from durably._worker.committer import CommitFailed, Committer
 from storage.test_storage import LEASE, T0, entry, new_run
 
 DONE = RunUpdate(status="completed", result='"done"', release=True)
@@ -43,7 +45,7 @@ def _deadlocked(url: str) -> Iterator[None]:
     """Another session holds p's row; once a write waits for it, that
     session asks for c's row: a deadlock, which the write loses."""
     got_both: list[bool] = []
-    other = threading.Thread(target=_deadlock, args=(url, "p", "c", _when_blocked(url), got_both))
+    other = threading.Thread(target=_deadlock, args=(url, "p", "c", got_both))
     other.start()
     time.sleep(0.2)  # p is held before anything else starts
     try:
@@ -53,37 +55,24 @@ def _deadlocked(url: str) -> Iterator[None]:
     assert got_both == [True]  # the deadlock happened, and the other session won it
 
 
-def _deadlock(url: str, holds: str, then_wants: str, ready: Any, done: list[bool]) -> None:
-    """Hold ``holds``'s row, wait for ``ready()``, then ask for ``then_wants``'s:
-    whoever holds that one and waits for ``holds`` is in a deadlock with this,
-    and is the one PostgreSQL rolls back (this session waits ten times longer
-    before it looks). ``done`` gets True once this session got both rows."""
-    with psycopg.connect(url) as other:
+def _deadlock(url: str, holds: str, then_wants: str, got_both: list[bool]) -> None:
+    """Hold ``holds``'s row; once another session waits for it, ask for
+    ``then_wants``'s, which that session holds: a deadlock, which PostgreSQL
+    resolves by rolling the other session back (this one waits ten times
+    longer before it looks). ``got_both`` gets True once this one has both."""
+    with psycopg.connect(url) as other, psycopg.connect(url, autocommit=True) as probe:
         other.execute("SET LOCAL deadlock_timeout = '10s'")
         other.execute("SELECT 1 FROM durably.runs WHERE id = %s FOR UPDATE", (holds,))
-        ready()
-        other.execute("SELECT 1 FROM durably.runs WHERE id = %s FOR UPDATE", (then_wants,))
-        done.append(True)
-    # committed on leaving: both rows free again
-
-
-def _waiting_for_a_lock(url: str) -> bool:
-    with psycopg.connect(url, autocommit=True) as probe:
-        row = probe.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        ).fetchone()
-    return bool(row and row[0])
-
-
-def _when_blocked(url: str) -> Any:
-    def ready() -> None:
+        me = other.info.backend_pid
         deadline = time.monotonic() + 10
-        while not _waiting_for_a_lock(url):
-            assert time.monotonic() < deadline, "the commit never waited for the parent's row"
-            time.sleep(0.02)
-
-    return ready
+        while not probe.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (me,)
+        ).fetchone():
+            assert time.monotonic() < deadline, f"nobody waited for {holds}'s row"
+            time.sleep(0.005)
+        other.execute("SELECT 1 FROM durably.runs WHERE id = %s FOR UPDATE", (then_wants,))
+        got_both.append(True)
+    # committed on leaving: both rows free again
 
 
 def test_a_commit_rolled_back_in_a_deadlock_says_so(pg_storage: tuple[Storage, str]) -> None:
@@ -145,11 +134,52 @@ async def test_a_lone_runs_write_rolled_back_in_a_deadlock_is_sent_again_not_rep
 
     _sleeping_parent(storage)
     try:
-        with _deadlocked(url):
-            args = '{"args":[41],"kwargs":{}}'
-            storage.create_runs([new_run("c", workflow="child", args=args, parent_id="p")])
-            async with app.worker():
+        async with app.worker() as worker:
+            # Warm up: the event loop's own connection opens on first need.
+            assert await (await app.start(child, 0)).result(timeout=30) == 1
+            writer: Any = worker.committer._writer
+            real_send, raised = writer.send, []
+
+            async def send(single: Any) -> Any:
+                try:
+                    return await real_send(single)
+                except Exception as exc:
+                    raised.append(type(exc).__name__)
+                    raise
+
+            writer.send = send
+            with _deadlocked(url):
+                args = '{"args":[41],"kwargs":{}}'
+                storage.create_runs([new_run("c", workflow="child", args=args, parent_id="p")])
                 assert await app.get_handle("c").result(timeout=30) == 42
     finally:
         app.close()
-    assert ran == [41]
+    assert raised == ["WriteConflict"]  # from the loop, then sent by the thread
+    assert ran == [0, 41]
+
+
+async def test_a_commit_that_keeps_conflicting_fails_as_an_outage_with_no_strike(
+    pg: tuple[str, Any],
+) -> None:
+    # A lock held for long, with a lock_timeout set on the database: every
+    # try is rolled back (55P03). Its run is replayed later, as after an
+    # outage; counted as the write's own error, three of those in a row
+    # would have failed the run for good.
+    url, _ = pg
+    with psycopg.connect(url, autocommit=True) as admin:
+        dbname = admin.info.dbname
+        admin.execute(f"ALTER DATABASE {dbname} SET lock_timeout = '50ms'")
+    storage = open_storage(url)
+    storage.migrate()
+    storage.create_runs([new_run("c", owner="w1", lease_until=T0 + LEASE)])
+    committer = Committer(storage, "w1", lambda: T0, asyncio.get_running_loop())
+    try:
+        with psycopg.connect(url) as holder:
+            holder.execute("SELECT 1 FROM durably.runs WHERE id = 'c' FOR UPDATE")
+            write = RunWrite("c", 1, [entry(0)], DONE)
+            with pytest.raises(CommitFailed, match="LockNotAvailable") as failed:
+                await asyncio.wait_for(committer.submit(write), 30)
+    finally:
+        committer.stop()
+        storage.close()
+    assert failed.value.outage is True

@@ -198,6 +198,12 @@ class Committer:
         except DatabaseUnavailable as exc:
             self._outage.failed(f"commit of {len(batch)} writes", exc)
             result = CommitFailed(str(exc), outage=True)
+        except WriteConflict as exc:
+            # Conflicting again and again (a lock held for long, a hot row):
+            # nothing was written, and it is not these writes' own fault; their
+            # runs are replayed as after an outage, with no strike against them.
+            log.warning("commit of %d writes kept conflicting: %s", len(batch), exc)
+            result = CommitFailed(str(exc), outage=True)
         except Exception as exc:  # noqa: BLE001 - handed to the waiting drivers
             if len(batch) > 1:
                 # One bad write must not sink the others: try each on its own

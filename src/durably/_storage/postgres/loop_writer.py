@@ -109,11 +109,10 @@ class LoopWriter:
                 self._psycopg_next()
                 await cursor.execute(single.sql, single.params)
                 rows = await cursor.fetchall()
-        except CONFLICTS as exc:
-            if not conn.broken:  # rolled back, the connection fine: nothing written
-                raise WriteConflict(f"{self._storage.url}: {type(exc).__name__}: {exc}") from exc
-            await self._drop()
-            raise DatabaseUnavailable(self._storage.unreachable(exc)) from None
+        except CONFLICTS as exc:  # sent by the server: rolled back, nothing written
+            if conn.broken:
+                await self._drop()
+            raise WriteConflict(f"{self._storage.url}: {type(exc).__name__}: {exc}") from exc
         except psycopg.OperationalError as exc:
             # Sent, and the answer lost: whether it committed is unknown.
             await self._drop()

@@ -180,9 +180,9 @@ class PostgresStorage(Storage):
         try:
             yield conn
         except CONFLICTS as exc:
+            # Sent by the server: the statement was rolled back, whatever
+            # became of the connection since.
             handout.__exit__(type(exc), exc, exc.__traceback__)
-            if conn.broken:
-                raise DatabaseUnavailable(self.unreachable(exc)) from None
             raise WriteConflict(f"{self._where}: {type(exc).__name__}: {exc}") from exc
         except psycopg.OperationalError as exc:
             handout.__exit__(type(exc), exc, exc.__traceback__)
