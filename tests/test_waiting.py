@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
 
 import durably
@@ -734,3 +735,40 @@ async def test_a_parent_elsewhere_hears_that_a_run_a_local_worker_started_ended(
         release.set()
         assert await child.result(timeout=10) == 1
         assert await waiting.result(timeout=5) == 2
+
+
+@pytest.mark.parametrize("waits_for", ["result", "event"])
+async def test_a_lock_conflict_while_waiting_is_looked_at_again_not_raised(
+    pg: tuple[str, Any], waits_for: str
+) -> None:
+    # A waiter's read rolled back on a lock it would not wait for (here the
+    # tables it reads, held under a lock_timeout) wrote nothing and is no
+    # answer: the waiter looks again later, as after an outage.
+    url, _ = pg
+    app = durably.App("test", url)
+    app._recheck = 0.2  # type: ignore[attr-defined]
+
+    @app.workflow()
+    async def quick(ctx: durably.Context) -> int:
+        ctx.set_event("stage", "done")
+        return 7
+
+    try:
+        async with app.worker():
+            handle = await app.start(quick)
+            assert await handle.result(timeout=10) == 7
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {admin.info.dbname} SET lock_timeout = '50ms'")
+        app.close()  # reopened, with the setting, on its next use
+        with psycopg.connect(url) as locker:
+            locker.execute("LOCK TABLE durably.runs, durably.events IN ACCESS EXCLUSIVE MODE")
+            if waits_for == "result":
+                waiting = asyncio.ensure_future(app.get_handle(handle.id).result(timeout=20))
+            else:
+                waiting = asyncio.ensure_future(app.get_event(handle.id, "stage", timeout=20))
+            await asyncio.sleep(0.5)  # its reads meet the lock meanwhile
+            assert not waiting.done()
+        expected = 7 if waits_for == "result" else "done"
+        assert await asyncio.wait_for(waiting, 20) == expected
+    finally:
+        app.close()

@@ -129,19 +129,14 @@ class Committer:
     async def _send_from_loop(self, write: RunWrite, prepared: Any) -> bool:
         assert self._writer is not None
         result: set[str] | BaseException
-        fut: asyncio.Future[bool]
         try:
             fault("commit.before")
             result = await self._writer.send(prepared)
         except WriteConflict:  # rolled back, nothing written: the thread tries again
-            fut = self._loop.create_future()
-            self._to_thread(write, fut)
-            return await fut
+            return await self._on_thread(write)
         except DatabaseUnavailable as exc:
             if not exc.reached:  # nothing was sent: the thread takes it, with its patience
-                fut = self._loop.create_future()
-                self._to_thread(write, fut)
-                return await fut
+                return await self._on_thread(write)
             # Whether it committed is unknown: the run is dropped and replayed.
             self._outage.failed("commit of 1 write", exc)
             result = CommitFailed(str(exc), outage=True)
@@ -152,8 +147,14 @@ class Committer:
             self._in_flight -= 1
             raise
         self._in_flight -= 1
-        fut = self._loop.create_future()
+        fut: asyncio.Future[bool] = self._loop.create_future()
         self._answer_here(write, fut, result)
+        return await fut
+
+    async def _on_thread(self, write: RunWrite) -> bool:
+        """A write the loop did not make durable, committed by the thread instead."""
+        fut: asyncio.Future[bool] = self._loop.create_future()
+        self._to_thread(write, fut)
         return await fut
 
     def _answer_here(
