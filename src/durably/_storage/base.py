@@ -27,6 +27,12 @@ CHANNEL_CANCEL = "durably_cancel"  # payload: run id whose cancellation was requ
 CHANNEL_EVENT = "durably_event"  # payload: run id that published an event
 CHANNELS = (CHANNEL_WORK, CHANNEL_DONE, CHANNEL_SIGNAL, CHANNEL_CANCEL, CHANNEL_EVENT)
 
+# A write the server rolled back on a conflict (WriteConflict: a deadlock, a
+# lock not granted in time) is sent again this many times in all, with a
+# pause of CONFLICT_PAUSE before the second try and a longer one before each next.
+CONFLICT_TRIES = 4
+CONFLICT_PAUSE = 0.01
+
 
 @dataclass(slots=True)
 class RunRecord:

@@ -29,17 +29,13 @@ from typing import Any
 
 from .._errors import DatabaseUnavailable, WriteConflict
 from .._faults import fault
-from .._storage.base import RunWrite, Storage
+from .._storage.base import CONFLICT_PAUSE, CONFLICT_TRIES, RunWrite, Storage
 from .outage import Outage
 
 log = logging.getLogger("durably.worker")
 
 # How long writes wait for an unreachable database before their runs are dropped.
 OUTAGE_PATIENCE = 300.0
-# Commits of one batch rolled back on a conflict (a deadlock) before it fails,
-# and the pause before the second try (longer before each next).
-CONFLICT_TRIES = 4
-CONFLICT_PAUSE = 0.01
 
 
 class CommitFailed(Exception):

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from .._errors import DatabaseUnavailable
+from .._errors import DatabaseUnavailable, WriteConflict
 
 log = logging.getLogger("durably.worker")
 
@@ -20,6 +20,11 @@ class Outage:
         self.failures = 0
 
     def failed(self, what: str, exc: BaseException) -> None:
+        if isinstance(exc, WriteConflict):
+            # Rolled back on other transactions' locks, sent again already:
+            # the database is fine, and the traceback would say nothing more.
+            log.warning("%s failed: %s (nothing written; tried again later)", what, exc)
+            return
         if not isinstance(exc, DatabaseUnavailable):
             # Not an outage (a bad value, a bug): saying "unreachable" would
             # send the reader to the wrong place. Said each time, with why.

@@ -15,12 +15,13 @@ each execution, not once by a generic plan made while the tables were empty
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from ..._engine.journal import Entry
 from ..._errors import (
@@ -37,6 +38,8 @@ from ..base import (
     CHANNEL_SIGNAL,
     CHANNEL_WORK,
     CHANNELS,
+    CONFLICT_PAUSE,
+    CONFLICT_TRIES,
     Listener,
     NewRun,
     RunFilter,
@@ -95,6 +98,25 @@ def _check_if_idle(conn: psycopg.Connection[Any]) -> None:
 
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def _again_on_conflict(write: Callable[P, T]) -> Callable[P, T]:
+    """For a write that is a transaction of its own: rolled back on a
+    conflict, it wrote nothing, so it is sent again rather than failing a
+    client's start, signal or cancel (or a worker's claim) on another
+    transaction's locks. The committer retries its commits itself."""
+
+    @functools.wraps(write)
+    def again(*args: P.args, **kwargs: P.kwargs) -> T:
+        for tried in range(1, CONFLICT_TRIES):
+            try:
+                return write(*args, **kwargs)
+            except WriteConflict:
+                time.sleep(CONFLICT_PAUSE * tried)
+        return write(*args, **kwargs)
+
+    return again
 
 
 @dataclass(frozen=True)
@@ -260,6 +282,7 @@ class PostgresStorage(Storage):
                 cur.executemany(q.NOTIFY, [(CHANNEL_WORK, wf) for wf in workflows])
         return {str(row[0]) for row in created}
 
+    @_again_on_conflict
     def create_runs(self, runs: Sequence[NewRun]) -> list[tuple[RunRecord, bool]]:
         if not runs:
             return []
@@ -302,6 +325,7 @@ class PostgresStorage(Storage):
         return [Entry(*r) for r in rows]
 
     # -- workers ---------------------------------------------------------------
+    @_again_on_conflict
     def claim(
         self,
         worker_id: str,
@@ -459,6 +483,7 @@ class PostgresStorage(Storage):
         kept = {row[0] for row in done}
         return {w.run_id for w in writes} - kept
 
+    @_again_on_conflict
     def renew(
         self, worker_id: str, run_ids: Sequence[str], now: float, lease_seconds: float
     ) -> dict[str, int]:
@@ -469,6 +494,7 @@ class PostgresStorage(Storage):
             rows = conn.execute(q.RENEW, params, prepare=False).fetchall()
         return {str(run_id): int(epoch) for run_id, epoch in rows}
 
+    @_again_on_conflict
     def release(
         self, worker_id: str, run_ids: Sequence[str], now: float, *, epoch: int | None = None
     ) -> None:
@@ -487,6 +513,7 @@ class PostgresStorage(Storage):
             row = conn.execute(q.NEXT_DUE, params).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
+    @_again_on_conflict
     def set_status(
         self, run_id: str, status: str, now: float, *, expect: Sequence[str] = ()
     ) -> bool:
@@ -542,6 +569,7 @@ class PostgresStorage(Storage):
             rows = conn.execute(sql, (list(run_ids),)).fetchall()
         return [RunRecord(*r) for r in rows]
 
+    @_again_on_conflict
     def send_signal(self, run_id: str, topic: str, payload: str, now: float) -> None:
         with self._conn() as conn, conn.transaction():
             check_open(conn.execute(q.RUN_STATUS_FOR_UPDATE, (run_id,)).fetchone(), run_id)
@@ -565,6 +593,7 @@ class PostgresStorage(Storage):
                 raise RunNotFound(f"no run with id {run_id!r}")
         return None
 
+    @_again_on_conflict
     def request_cancel(self, run_id: str, now: float, reason: str) -> str:
         params = {"id": run_id, "now": now, "reason": reason, "error": cancelled_error(reason)}
         with self._conn() as conn, conn.transaction():
