@@ -75,6 +75,24 @@ async def test_wrong_arguments_are_refused_at_start(make_app: Callable[..., dura
         await app.start(flow)
 
 
+async def test_a_positional_start_is_checked_against_defaults_and_arity(
+    make_app: Callable[..., durably.App],
+) -> None:
+    app = make_app()
+
+    @app.workflow()
+    async def flow(ctx: durably.Context, order_id: str, qty: int = 1) -> None:
+        return None
+
+    with pytest.raises(durably.PayloadError, match="too many positional arguments"):
+        await app.start(flow, "o-1", 2, 3)
+    with pytest.raises(durably.PayloadError, match="missing a required argument: 'order_id'"):
+        await app.start(flow)
+    await app.start(flow, "o-1", id="one")  # the default fills qty
+    await app.start(flow, "o-1", 2, id="two")
+    assert sorted(r.id for r in await app.list_runs()) == ["one", "two"]
+
+
 async def test_payload_over_the_limit_names_sizes(make_app: Callable[..., durably.App]) -> None:
     app = make_app(max_payload_bytes=1000)
 

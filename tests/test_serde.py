@@ -234,6 +234,37 @@ def test_payload_over_limit() -> None:
     assert "100-byte" in message
 
 
+@pytest.mark.parametrize("value", [0, -7, 2**70, True, False, None])
+def test_scalars_encode_as_the_json_module_does(value: Any) -> None:
+    assert encode(value, what="v") == json.dumps(value)
+    assert decode(encode(value, what="v")) == value
+
+
+def test_an_int_enum_is_stored_by_its_value_not_taken_for_an_int() -> None:
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    assert encode(Level.HIGH, what="v") == "3"
+    assert encode(True, what="v") == "true"  # a bool is not stored as 1
+
+
+def test_an_int_past_pythons_digit_limit_is_a_payload_error() -> None:
+    with pytest.raises(PayloadError, match="result of step 's' cannot be stored as JSON"):
+        encode(10**5000, what="result of step 's'")
+
+
+def test_an_int_over_the_payload_limit_is_refused() -> None:
+    with pytest.raises(PayloadError, match=r"31 bytes as JSON, over the 10-byte"):
+        encode(10**30, what="v", limit=10)
+
+
+def test_digit_text_decodes_as_json_would() -> None:
+    assert decode("42") == 42 and type(decode("42")) is int
+    assert decode("42", float) == 42.0
+    with pytest.raises(ValueError):
+        decode("\u0663")  # an Arabic-Indic three: int() reads it, JSON does not
+
+
 def test_payload_exactly_at_limit_is_accepted() -> None:
     text = encode("x" * 98, what="value", limit=100)
     assert len(text) == 100

@@ -608,6 +608,8 @@ class App:
         local = self._held_here(run_id, loop)
         watched = self._results().watch_on(loop, run_id, check=not local)
         try:
+            if timeout is None:  # wait_for() would wrap it in a coroutine of its own
+                return await watched  # type: ignore[no-any-return]
             return await asyncio.wait_for(watched, timeout)  # type: ignore[no-any-return]
         except asyncio.TimeoutError:
             self._results().forget(run_id, watched)

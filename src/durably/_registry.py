@@ -54,6 +54,13 @@ class WorkflowDef:
                 f"(def {self.fn.__name__}(ctx, ...))"
             )
         self.params = params[1:]
+        # Positional arguments alone need no Signature.bind (slow) when every
+        # parameter takes one: then a count in this range is a valid call.
+        plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        self._positional: tuple[int, int] | None = None
+        if all(p.kind in plain for p in self.params):
+            required = sum(p.default is inspect.Parameter.empty for p in self.params)
+            self._positional = (required, len(self.params))
 
     @property
     def result_type(self) -> Any:
@@ -61,8 +68,10 @@ class WorkflowDef:
 
     # -- arguments -------------------------------------------------------------
     def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any], limit: int) -> str:
+        arity = self._positional
         try:
-            self.signature.bind(None, *args, **kwargs)
+            if kwargs or arity is None or not arity[0] <= len(args) <= arity[1]:
+                self.signature.bind(None, *args, **kwargs)
         except TypeError as exc:
             raise PayloadError(
                 f"workflow {self.name!r} cannot be started with these arguments: {exc}"

@@ -64,8 +64,30 @@ _ascii_encoder = json.JSONEncoder(
 )
 
 
+# JSON text of the commonest results, made without the encoder (which builds
+# a C encoder object for every non-string value it is given).
+_FAST: dict[type, Any] = {
+    int: int.__repr__,
+    bool: lambda value: "true" if value else "false",
+    type(None): lambda value: "null",
+}
+
+
 def encode(value: Any, *, what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> str:
     """JSON text of ``value``; ``what`` names it in errors ("result of step 'x'")."""
+    fast = _FAST.get(type(value))
+    if fast is not None:
+        try:
+            text: str = fast(value)
+        except ValueError as exc:  # an int past Python's digit limit
+            raise PayloadError(f"{what} cannot be stored as JSON: {exc}") from None
+        if limit and len(text) > limit:
+            raise PayloadError(
+                f"{what} is {len(text)} bytes as JSON, over the {limit}-byte payload limit "
+                "(App(max_payload_bytes=...)); store large data elsewhere and pass a "
+                "reference"
+            )
+        return text
     try:
         text = _encoder.encode(value)
         if not utf8_encodable(text):
@@ -156,7 +178,13 @@ def utf8_encodable(text: str) -> bool:
 def decode(text: str | None, tp: Any = Any) -> Any:
     if text is None:
         return None
-    return convert(json.loads(text), tp)
+    return convert(_loads(text), tp)
+
+
+def _loads(text: str) -> Any:
+    if text.isdigit() and text.isascii():  # a count, an id: no parser needed
+        return int(text)
+    return json.loads(text)
 
 
 # JSON's own types: a value already of the annotated one needs no conversion.
@@ -341,4 +369,4 @@ def param_types(fn: Any) -> dict[str, Any]:
 
 def loads(text: str | None) -> Any:
     """Plain JSON values of a stored payload (no type conversion)."""
-    return None if text is None else json.loads(text)
+    return None if text is None else _loads(text)

@@ -37,7 +37,9 @@ def _blocked(probe: psycopg.Connection[Any], holder: int) -> bool:
     return row is not None
 
 
-def _let_go_after_two_waits(url: str, holder: int, release: threading.Event, seen: list[str]) -> None:
+def _let_go_after_two_waits(
+    url: str, holder: int, release: threading.Event, seen: list[str]
+) -> None:
     """Wait for a session blocked by ``holder``, for it to give up (its
     lock_timeout: a conflict), and for it to wait again; then let go."""
     with psycopg.connect(url, autocommit=True, options="-c lock_timeout=0") as probe:

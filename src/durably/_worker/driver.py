@@ -108,7 +108,7 @@ class RunDriver:
         self._loop = worker.loop
         self._clock: Callable[[], float] = worker.clock
         self._events: list[tuple[str, Any]] = []
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # set while _run waits for events
         self._seq = 0
         self._active: dict[int, asyncio.Task[None]] = {}
         self._cancelled_steps: set[int] = set()  # step tasks this driver cancelled
@@ -276,8 +276,13 @@ class RunDriver:
         version = self.spec.version if self.spec.version != self.record.version else None
         await self._flush(_Batch(), version=version)
         while not self.finished:
-            await self._wake.wait()
-            self._wake.clear()
+            if not self._events:
+                # A bare future: an asyncio.Event's wait and set cost more here.
+                self._waiter = self._loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
             events, self._events = self._events, []
             batch = _Batch()
             for kind, payload in events:
@@ -435,16 +440,22 @@ class RunDriver:
             return
         if self.draining:
             return  # what the code asks for now is asked again after a replay
+        waits = False
+        started: list[str] = []  # children
         for command in commands:
             self._start(command)
-        await self._look_for_wakeups(commands)
+            if isinstance(command, WaitCall):
+                waits = True
+            elif isinstance(command, ChildCall):
+                started.append(command.child_id)
+        if waits or started:
+            await self._look_for_wakeups(waits, started)
 
-    async def _look_for_wakeups(self, commands: list[Any]) -> None:
+    async def _look_for_wakeups(self, waits: bool, children: list[str]) -> None:
         """A signal or a child's end may predate the wait: look once, right away."""
         storage = self.worker.storage
-        if any(isinstance(c, WaitCall) for c in commands):
+        if waits:
             self.offer_signals(await self.worker.io(storage.pending_signals, [self.run_id]))
-        children = [c.child_id for c in commands if isinstance(c, ChildCall)]
         if children:
             records = await self.worker.io(storage.watch_runs, children)
             if any(r.parent_id != self.run_id and r.status not in TERMINAL for r in records):
@@ -788,7 +799,9 @@ class RunDriver:
     # -- plumbing --------------------------------------------------------------
     def _post(self, kind: str, payload: Any) -> None:
         self._events.append((kind, payload))
-        self._wake.set()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _stamp(self, entry: Entry) -> None:
         entry.seq = self._seq

@@ -41,6 +41,8 @@ class Outage:
             log.debug("still unreachable (%s: %s)", what, exc)
 
     def recovered(self) -> None:
+        if self.since is None:
+            return  # the common case, after every write: no lock to take
         with self._lock:
             since, self.since = self.since, None
             failures, self.failures = self.failures, 0

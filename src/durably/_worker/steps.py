@@ -8,6 +8,7 @@ import functools
 import inspect
 import json
 import sys
+import types
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
@@ -18,8 +19,13 @@ from .._engine.journal import Entry, Kind
 from .._errors import PayloadError, StepTimeout, describe_exception
 from .._faults import fault
 
+# A step's commonest results, which inspect.isawaitable() need not look at.
+_NOT_AWAITABLE = frozenset({int, str, float, bool, type(None), list, dict, tuple})
+
 
 def is_async_callable(fn: Any) -> bool:
+    if type(fn) is types.FunctionType and fn.__code__.co_flags & inspect.CO_COROUTINE:
+        return True  # an async def (the common step): what inspect finds, sooner
     while isinstance(fn, functools.partial):
         fn = fn.func
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
@@ -115,7 +121,8 @@ async def _call(
             if inspect.iscoroutine(result):
                 result.close()
             raise LeaseStale()  # the thread hop took past the lease
-    if inspect.isawaitable(result):  # a def wrapping an async call: finish it here
+    if type(result) not in _NOT_AWAITABLE and inspect.isawaitable(result):
+        # a def wrapping an async call: finish it here
         result = await result
     return result
 
