@@ -564,8 +564,10 @@ def _short(filename: str) -> str | None:
 def caller_location() -> str | None:
     """``file:line`` of the user code that called into durably."""
     frame = sys._getframe(1)
+    known = _short_names
     while frame is not None:
-        short = _short(frame.f_code.co_filename)
+        filename = frame.f_code.co_filename
+        short = known[filename] if filename in known else _short(filename)
         if short is not None:
             return f"{short}:{frame.f_lineno}"
         frame = frame.f_back  # type: ignore[assignment]

@@ -143,9 +143,10 @@ class Committer:
             self._in_flight -= 1
             raise
         self._in_flight -= 1
-        fut: asyncio.Future[bool] = self._loop.create_future()
-        self._answer_here(write, fut, result)
-        return await fut
+        self._count_here(result)
+        if isinstance(result, BaseException):
+            raise result
+        return write.run_id not in result
 
     async def _on_thread(self, write: RunWrite) -> bool:
         """A write the loop did not make durable, committed by the thread instead."""
@@ -157,12 +158,15 @@ class Committer:
         self, write: RunWrite, fut: asyncio.Future[bool], result: set[str] | BaseException
     ) -> None:
         """Answer a write made from the loop, counted as the thread counts its batches."""
+        self._count_here(result)
+        _resolve([(write, fut)], result)
+
+    def _count_here(self, result: set[str] | BaseException) -> None:
         if not isinstance(result, BaseException):
             fault("commit.after")
             self._outage.recovered()
         self.batches += 1
         self.writes += 1
-        _resolve([(write, fut)], result)
 
     async def close_writer(self) -> None:
         """Close the event loop's own connection, if the backend opened one."""
