@@ -17,7 +17,10 @@ import pytest
 
 import durably
 from durably._errors import WriteConflict
+from durably._storage import open_storage
+from durably._storage.postgres import store as store_module
 from durably._worker.outage import Outage
+from storage.test_storage import new_run
 
 LOCK_TIMEOUT = "50ms"
 
@@ -125,5 +128,43 @@ def test_a_conflict_left_to_a_workers_loop_is_logged_without_calling_it_an_outag
         outage.failed("claiming runs", WriteConflict("deadlock detected"))
     assert outage.since is None  # not an outage: nothing waits for a recovery
     [record] = caplog.records
-    assert "claiming runs failed: deadlock detected (nothing written" in record.getMessage()
+    assert (
+        "claiming runs failed: deadlock detected (rolled back on a conflict" in record.getMessage()
+    )
     assert record.exc_info is None
+
+
+def test_a_batch_start_whose_read_back_conflicts_still_says_which_runs_it_created(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The batch's insert commits, then the ids that existed already are
+    # read: that read meets a table lock (DDL, VACUUM FULL) past the
+    # lock_timeout. Sending the whole call again would insert nothing and
+    # answer "not created" for the run this very call created.
+    store = open_storage(url)
+    store.migrate()
+    store.create_runs([new_run("r0")])
+    answered = store_module.start_answers
+    locked: list[bool] = []
+
+    def after_the_insert(runs: Any, created: set[str], read: Any) -> Any:
+        if not locked:
+            taken = threading.Event()
+
+            def hold() -> None:
+                with psycopg.connect(url, options="-c lock_timeout=0") as other:
+                    other.execute("LOCK TABLE durably.runs IN ACCESS EXCLUSIVE MODE")
+                    taken.set()
+                    time.sleep(0.12)  # more than lock_timeout, less than four tries
+
+            threading.Thread(target=hold).start()
+            locked.append(taken.wait(10))
+        return answered(runs, created, read)
+
+    monkeypatch.setattr(store_module, "start_answers", after_the_insert)
+    try:
+        answer = store.create_runs([new_run("r0"), new_run("r1")])
+    finally:
+        store.close()
+    assert locked == [True]
+    assert [(record.id, created) for record, created in answer] == [("r0", False), ("r1", True)]

@@ -21,9 +21,11 @@ class Outage:
 
     def failed(self, what: str, exc: BaseException) -> None:
         if isinstance(exc, WriteConflict):
-            # Rolled back on other transactions' locks, sent again already:
-            # the database is fine, and the traceback would say nothing more.
-            log.warning("%s failed: %s (nothing written; tried again later)", what, exc)
+            # Rolled back on other transactions' locks, after the store sent
+            # it again: the database is fine, a traceback would say no more.
+            log.warning(
+                "%s failed: %s (rolled back on a conflict with another transaction)", what, exc
+            )
             return
         if not isinstance(exc, DatabaseUnavailable):
             # Not an outage (a bad value, a bug): saying "unreachable" would

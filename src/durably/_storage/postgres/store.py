@@ -282,30 +282,39 @@ class PostgresStorage(Storage):
                 cur.executemany(q.NOTIFY, [(CHANNEL_WORK, wf) for wf in workflows])
         return {str(row[0]) for row in created}
 
-    @_again_on_conflict
     def create_runs(self, runs: Sequence[NewRun]) -> list[tuple[RunRecord, bool]]:
         if not runs:
             return []
         if len(runs) == 1 and not runs[0].owner:  # one start: one round trip
-            with self._conn() as conn:
-                row = conn.execute(q.START_RUN, _run_row(runs[0])).fetchone()
-                if row is not None:
-                    return [(RunRecord(*row[:-1]), True)]
-                # The id exists: a new statement sees it even if it was created
-                # by a transaction that committed while the insert waited.
-                found = conn.execute(q.GET_RUN, (runs[0].id,)).fetchone()
-            if found is None:
-                raise DatabaseError(f"{self._where}: run {runs[0].id!r} vanished on creation")
-            return [(RunRecord(*found), False)]
+            return [self._start_one(runs[0])]
+        # The insert commits before the ids that existed are read: each is
+        # sent again on its own, so a conflict in the read does not insert
+        # again and answer "not created" for runs this call created.
+        created = self._insert_committed(runs)
+        return start_answers(runs, created, self._runs_by_id)
+
+    @_again_on_conflict
+    def _start_one(self, run: NewRun) -> tuple[RunRecord, bool]:
         with self._conn() as conn:
-            with conn.transaction():
-                created = self._insert_runs(conn, runs)
-            # A new statement sees runs other transactions created meanwhile.
-            return start_answers(
-                runs,
-                created,
-                lambda ids: [RunRecord(*r) for r in conn.execute(q.GET_RUNS, (ids,))],
-            )
+            row = conn.execute(q.START_RUN, _run_row(run)).fetchone()
+            if row is not None:
+                return RunRecord(*row[:-1]), True
+            # The id exists: a new statement sees it even if it was created
+            # by a transaction that committed while the insert waited.
+            found = conn.execute(q.GET_RUN, (run.id,)).fetchone()
+        if found is None:
+            raise DatabaseError(f"{self._where}: run {run.id!r} vanished on creation")
+        return RunRecord(*found), False
+
+    @_again_on_conflict
+    def _insert_committed(self, runs: Sequence[NewRun]) -> set[str]:
+        with self._conn() as conn, conn.transaction():
+            return self._insert_runs(conn, runs)
+
+    @_again_on_conflict
+    def _runs_by_id(self, run_ids: list[str]) -> list[RunRecord]:
+        # A new statement sees runs other transactions created meanwhile.
+        return self._read_runs(q.GET_RUNS, run_ids)
 
     def get_run(self, run_id: str) -> RunRecord | None:
         with self._conn() as conn:
