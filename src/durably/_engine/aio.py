@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
@@ -55,10 +56,20 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     """The event loop of one run's workflow code (see module docstring)."""
 
     def __init__(self, instance: AsyncInstance) -> None:
-        self._instance = instance
+        # Weak: the instance owns its loop, and a run's objects that refer to
+        # each other only through weak links are freed as soon as the run is
+        # dropped, not by the cyclic garbage collector (about 27 objects a run).
+        self._owner = weakref.ref(instance)
         self._ready: deque[asyncio.Handle] = deque()
         self._running = False
         self.tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def _instance(self) -> AsyncInstance:
+        instance = self._owner()
+        if instance is None:  # something of a dropped run's workflow kept and used
+            raise DurablyError("this workflow loop's run is no longer driven here")
+        return instance
 
     def run_ready(self) -> None:
         previous = _get_running_loop()
@@ -180,7 +191,7 @@ class AsyncInstance(Instance):
 
     def __init__(self, info: RunInfo, body: Callable[[], Awaitable[Any]]) -> None:
         super().__init__(info)
-        self._body = body
+        self._body: Callable[[], Awaitable[Any]] | None = body
         self._loop = WorkflowLoop(self)  # type: ignore[abstract]
         self._waiting: dict[int, Callable[[Any, BaseException | None], None]] = {}
         self._loop_timers: dict[int, int] = {}
@@ -224,8 +235,11 @@ class AsyncInstance(Instance):
 
     async def _main(self) -> None:
         current_instance.set(self)
+        # Called once: kept, it would hold the run's Context, which holds this.
+        body, self._body = self._body, None
+        assert body is not None
         try:
-            result = await self._body()
+            result = await body()
         except Abandoned:
             return
         except asyncio.CancelledError:
@@ -252,6 +266,8 @@ class AsyncInstance(Instance):
         else:
             if not self.abandoned:
                 self._finish(result)
+        finally:
+            self._task = None  # the task holds a context that holds this
 
     def fail_from_loop(self, exc: BaseException) -> None:
         if not self.abandoned:

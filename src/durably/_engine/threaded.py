@@ -41,7 +41,7 @@ class SyncInstance(Instance):
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         super().__init__(info)
-        self._body = body
+        self._body: Callable[[], Any] | None = body
         self._executor = executor
         self._loop = loop
         self._slots: dict[int, _Slot] = {}
@@ -107,8 +107,11 @@ class SyncInstance(Instance):
     # -- thread side -----------------------------------------------------------
     def _thread_main(self) -> None:
         token = current_instance.set(self)
+        # Called once: kept, it would hold the run's Context, which holds this.
+        body, self._body = self._body, None
+        assert body is not None
         try:
-            result = self._body()
+            result = body()
         except Abandoned:
             pass
         except asyncio.CancelledError:
