@@ -4,6 +4,8 @@ threaded.py)."""
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -71,3 +73,56 @@ async def test_a_finished_sync_run_leaves_nothing_for_the_cyclic_collector(
             assert await handle.result() == x + 2
     gc.collect()
     assert [o for o in gc.garbage if isinstance(o, SyncInstance)] == []
+
+
+_STUBBORN = """
+import asyncio, gc, logging, sys
+import durably
+
+logging.basicConfig(level=logging.WARNING, format="LOG %(name)s: %(message)s")
+app = durably.App("t", sys.argv[1])
+
+@app.workflow()
+async def flow(ctx: durably.Context) -> int:
+    never = asyncio.Event()
+
+    async def stubborn() -> None:
+        async with asyncio.timeout(3600):  # its timer is cancelled as it is freed
+            while True:
+                try:
+                    await never.wait()
+                except asyncio.CancelledError:
+                    pass  # the cancellation at the run's end, ignored
+
+    asyncio.get_running_loop().create_task(stubborn())
+    await asyncio.sleep(0)
+    return 1
+
+async def main() -> None:
+    async with app.worker():
+        handle = await app.start(flow, id="stubborn")
+        assert await handle.result() == 1
+    app.close()
+    gc.collect()
+    print("collected")
+
+asyncio.run(main())
+"""
+
+
+def test_a_task_of_the_workflow_that_ignored_its_cancellation_is_reported_when_freed(
+    database_url: str,
+) -> None:
+    # Such a task outlives the run in a cycle with the run's instance: the
+    # collector frees them together, and asyncio then reports the pending
+    # task through the workflow loop, whose instance is gone by then.
+    done = subprocess.run(
+        [sys.executable, "-c", _STUBBORN, database_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "collected" in done.stdout
+    assert "run stubborn: Task was destroyed but it is pending" in done.stderr
+    assert "Exception ignored" not in done.stderr, done.stderr

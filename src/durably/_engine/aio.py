@@ -60,6 +60,9 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         # each other only through weak links are freed as soon as the run is
         # dropped, not by the cyclic garbage collector (about 27 objects a run).
         self._owner = weakref.ref(instance)
+        # For what asyncio reports after the run was dropped (a task of its
+        # code that ignored its cancellation, freed by the collector).
+        self._names = (instance.workflow, instance.run_id)
         self._ready: deque[asyncio.Handle] = deque()
         self._running = False
         self.tasks: list[asyncio.Task[Any]] = []
@@ -138,7 +141,9 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         return False
 
     def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
-        self._instance.cancel_loop_timer(handle)
+        instance = self._owner()
+        if instance is not None:  # a dropped run has no timer left to forget
+            instance.cancel_loop_timer(handle)
 
     def call_exception_handler(self, context: dict[str, Any]) -> None:
         exc = context.get("exception")
@@ -146,8 +151,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
             return
         log.warning(
             "workflow %s run %s: %s",
-            self._instance.workflow,
-            self._instance.run_id,
+            *self._names,
             context.get("message", "unhandled error in workflow code"),
             exc_info=exc if isinstance(exc, BaseException) else None,
         )
