@@ -90,7 +90,22 @@ async def _insert(conn: psycopg.AsyncConnection[Any], prepared: set[bytes], **ro
     assert step is not None
     params = libpq.values(step, row)
     assert params is not None
-    return await libpq.execute(conn.pgconn, prepared, step, params)
+    return await _execute(conn, prepared, step, params)
+
+
+async def _execute(
+    conn: psycopg.AsyncConnection[Any],
+    prepared: set[bytes],
+    step: libpq.Plan,
+    params: list[bytes | None],
+) -> int:
+    """One statement with a reader of its own, stopped after it: psycopg
+    uses the same connection between these statements."""
+    reader = libpq.Reader(asyncio.get_running_loop(), conn.pgconn)
+    try:
+        return await libpq.execute(conn.pgconn, prepared, step, params, reader)
+    finally:
+        reader.stop()
 
 
 async def test_what_it_sends_reads_back_as_psycopg_would_have_sent_it(
@@ -140,10 +155,10 @@ async def test_a_failure_at_commit_after_the_rows_is_raised_not_taken_as_kept(
     step = libpq.plan("INSERT INTO libpq_deferred VALUES (%s::int) RETURNING k -- deferred")
     assert step is not None
     with pytest.raises(psycopg.errors.UniqueViolation):
-        await libpq.execute(conn.pgconn, set(), step, [b"1"])
+        await _execute(conn, set(), step, [b"1"])
     count = await (await conn.execute("SELECT count(*) FROM libpq_deferred")).fetchone()
     assert count == (1,)
-    assert await libpq.execute(conn.pgconn, {step.name}, step, [b"2"]) == 1  # still usable
+    assert await _execute(conn, {step.name}, step, [b"2"]) == 1  # still usable
 
 
 async def test_a_lone_run_on_a_connection_that_is_not_utf8_keeps_its_text(

@@ -21,7 +21,6 @@ alike.
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import math
 import re
@@ -108,13 +107,13 @@ async def execute(
     prepared: set[bytes],
     step: Plan,
     params: list[bytes | None],
-    reader: Reader | None = None,
+    reader: Reader,
 ) -> int:
     """Run ``step`` with ``params`` (preparing it first on this connection if
-    needed); the number of rows it returned. ``reader``, if given, is the
-    connection's socket reader; else one is added for each wait."""
+    needed); the number of rows it returned. ``reader`` is the connection's
+    socket reader."""
     loop = asyncio.get_running_loop()
-    readable = reader.readable if reader is not None else functools.partial(_readable, loop, pgconn)
+    readable = reader.readable
     if step.name not in prepared:
         pgconn.send_prepare(step.name, step.sql)
         await _results(pgconn, loop, readable)
@@ -205,10 +204,6 @@ class Reader:
         if self._added:
             self._added = False
             self._loop.remove_reader(self._fd)
-
-
-async def _readable(loop: asyncio.AbstractEventLoop, pgconn: pq.abc.PGconn) -> None:
-    await _ready(loop.add_reader, loop.remove_reader, pgconn.socket, loop)
 
 
 async def _ready(add: Any, remove: Any, fd: int, loop: asyncio.AbstractEventLoop) -> None:
