@@ -425,7 +425,7 @@ class App:
         if self._inline:
             return self._create(run)
         local = self._local_worker()
-        if local is not None and await local.start_local(run):
+        if local is not None and await local.start_local(run, new_id=id is None):
             # Created already claimed by the worker in this process: no claim,
             # no journal read, no wake-up notification needed.
             return self._handles.handle(run.id)
@@ -607,16 +607,21 @@ class App:
         loop = asyncio.get_running_loop()
         local = self._held_here(run_id, loop)
         watched = self._results().watch_on(loop, run_id, check=not local)
+        # Timed out by a timer on the future itself: wait_for() would wrap it
+        # in a coroutine of its own, and its waiter would wake this task one
+        # loop turn after the run's end was handed over.
+        timer = None if timeout is None else loop.call_later(timeout, _time_out, watched)
         try:
-            if timeout is None:  # wait_for() would wrap it in a coroutine of its own
-                return await watched  # type: ignore[no-any-return]
-            return await asyncio.wait_for(watched, timeout)  # type: ignore[no-any-return]
+            return await watched  # type: ignore[no-any-return]
         except asyncio.TimeoutError:
             self._results().forget(run_id, watched)
             return await self._off_loop(self._record, run_id)
         except BaseException:  # cancelled
             self._results().forget(run_id, watched)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _await_terminal_sync(self, run_id: str, timeout: float | None) -> RunRecord | None:
         watched = self._results().watch(run_id)
@@ -705,6 +710,11 @@ def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
         and code_a.co_filename == code_b.co_filename
         and code_a.co_firstlineno == code_b.co_firstlineno
     )
+
+
+def _time_out(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(asyncio.TimeoutError())
 
 
 async def _until(

@@ -204,7 +204,13 @@ async def test_a_kept_reader_serves_every_statement_and_stops_when_nobody_waits(
         assert params is not None
         assert await libpq.execute(conn.pgconn, prepared, step, params, reader) == 1
         await asyncio.sleep(0.01)  # loop turns with nobody waiting
-    assert reader._added  # kept between statements
+    # One that certainly waits (on a loaded machine an answer can be there
+    # before the first look, and then no reader is needed at all).
+    slow = libpq.plan("SELECT pg_sleep(0.05)")
+    assert slow is not None
+    assert await libpq.execute(conn.pgconn, prepared, slow, [], reader) == 1
+    await asyncio.sleep(0.01)
+    assert reader._added  # kept after the statement
     # The server ends the session while nobody waits: the socket stays
     # readable, and a reader left in place would be called on every turn.
     with psycopg.connect(postgres_server.url, autocommit=True) as admin:

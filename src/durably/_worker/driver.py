@@ -67,6 +67,10 @@ MAX_ANCESTRY = 1000
 UNWRITABLE_AFTER = 3
 
 
+class _NotCreated(Exception):
+    """The run this driver started early was not created (see Worker.start_local)."""
+
+
 class LeaseLost(Exception):
     """Another worker took the run over; this driver must stop touching it."""
 
@@ -105,6 +109,9 @@ class RunDriver:
         self.superseded = False
         self.doomed = False  # its claim is gone: it is stopping, never to write again
         self.task: asyncio.Task[None] | None = None
+        # Set for a run started before its creation committed: whether it
+        # did (until then the driver does nothing durable).
+        self.created: asyncio.Future[bool] | None = None
         self._loop = worker.loop
         self._clock: Callable[[], float] = worker.clock
         self._events: list[tuple[str, Any]] = []
@@ -193,6 +200,14 @@ class RunDriver:
             if p in self._executing
         )
 
+    def creation_known(self, created: bool) -> None:
+        assert self.created is not None
+        self.created.set_result(created)
+
+    def _held(self) -> bool:
+        created = self.created
+        return created is None or (created.done() and not created.cancelled() and created.result())
+
     def adopt(self, epoch: int, claimed_at: float) -> None:
         """Hold the run under ``epoch`` since ``claimed_at``: its own claim,
         renewed, or the next (this worker claimed it again with nobody in
@@ -205,6 +220,8 @@ class RunDriver:
         failed = False
         try:
             await self._run()
+        except _NotCreated:
+            pass
         except LeaseLost:
             log.info(
                 "run %s: no longer held under claim %d (its lease lapsed and it was "
@@ -227,12 +244,18 @@ class RunDriver:
             failed = True
             log.warning("run %s: driver stopped: %s", self.run_id, exc, exc_info=True)
         finally:
-            self._cleanup()
+            if self.ended_here:
+                # Its waiters' turn first (they were handed the final row):
+                # the rest is bookkeeping.
+                self._loop.call_soon(self._cleanup)
+            else:
+                self._cleanup()
             # A run dropped on an error (a failed commit, an unreachable
             # database) is handed back so it is replayed, here or elsewhere;
             # not if a new claim of this worker's holds it (that would hand
             # back the new driver's claim, and another worker could run it too).
-            self.worker.driver_done(self, release=failed and not self.superseded)
+            if self._held():  # else not created: nothing to hand back or over
+                self.worker.driver_done(self, release=failed and not self.superseded)
 
     # -- main loop -------------------------------------------------------------
     async def _run(self) -> None:
@@ -251,6 +274,7 @@ class RunDriver:
             clock=self._clock,
             payload_limit=self.worker.payload_limit,
         )
+        failed: Outcome | None = None
         try:
             self.instance = self.spec.instantiate(
                 info, self.record.args, self._loop, self.worker.workflow_threads
@@ -258,10 +282,14 @@ class RunDriver:
             await self.instance.start()
             fault("replay.after")
         except Exception as exc:  # noqa: BLE001 - e.g. arguments that no longer decode
-            outcome = Outcome("failed", error=describe_exception(exc))
-            await self._write(RunWrite(self.run_id, self.epoch, [], _ended(outcome)))
-            self._hand_over(outcome)
+            failed = Outcome("failed", error=describe_exception(exc))
+        if self.created is not None and not await self.created:
+            raise _NotCreated()
+        if failed is not None:
+            await self._write(RunWrite(self.run_id, self.epoch, [], _ended(failed)))
+            self._hand_over(failed)
             return
+        assert self.instance is not None
         replayed = self.instance.outcome
         if replayed is not None and replayed.diverged and self.record.version != self.spec.version:
             await self._pin()

@@ -56,6 +56,30 @@ _WATCH = {
 MIN_CLAIM_GAP = 0.005  # seconds between claims triggered by notifications
 
 
+def _fresh_record(run: NewRun, owner: str, now: float, lease_until: float) -> RunRecord:
+    """The row of ``run`` as its creation, claimed by ``owner``, writes it."""
+    return RunRecord(
+        id=run.id,
+        workflow=run.workflow,
+        version=run.version,
+        status="running",
+        args=run.args,
+        result=None,
+        error=None,
+        owner=owner,
+        epoch=1,
+        lease_until=lease_until,
+        wake_at=None,
+        created_at=run.created_at,
+        updated_at=now,
+        started_at=now,
+        finished_at=None,
+        parent_id=run.parent_id,
+        deadline=run.deadline,
+        priority=run.priority,
+    )
+
+
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -260,6 +284,10 @@ class Worker:
     def run_ended(self, run_id: str, final: RunRecord | None = None) -> None:
         if final is not None and self._on_ended is not None:
             self._on_ended(final)
+        # Told once the waiters handed the row above had their turn.
+        self.loop.call_soon(self._announce_end, run_id)
+
+    def _announce_end(self, run_id: str) -> None:
         if self._publish is not None:
             self._publish(CHANNEL_DONE, run_id)
         if self.waiting_parents:  # its parent may be in this worker's memory
@@ -428,11 +456,12 @@ class Worker:
         slots) returns: worth trying :meth:`start_local`."""
         return self.has_room() or (self._claiming is not None and not self._stopping)
 
-    async def start_local(self, run: NewRun) -> bool:
+    async def start_local(self, run: NewRun, *, new_id: bool = False) -> bool:
         """Create ``run`` already claimed by this worker and drive it at once.
 
         False if it cannot (no room, or the id exists): the caller then starts
         it the ordinary way, which also finds an existing run by its id.
+        ``new_id``: the id was generated just now, so no run can hold it.
         """
         if run.workflow not in self.workflows:
             return False
@@ -444,10 +473,17 @@ class Worker:
         if not self.has_room():
             return False
         self._reserved += 1
+        now = self.clock()
+        record = _fresh_record(run, self.id, now, now + self.lease_seconds)
+        # A generated id cannot exist: the run's code runs up to its first
+        # durable operation while the insert is in flight, and goes on once
+        # it committed. An id given by the caller may name a run that
+        # exists, whose code must not run here at all.
+        early = self._early_driver(record, now) if new_id else None
+        created = False
         try:
-            now = self.clock()
             run.owner = self.id
-            run.lease_until = now + self.lease_seconds
+            run.lease_until = record.lease_until
             try:
                 created = await self.committer.submit(RunWrite(run.id, 1, create=run))
             except CommitFailed:
@@ -458,30 +494,26 @@ class Worker:
                 run.owner = run.lease_until = None
         finally:
             self._reserved -= 1
+            if early is not None and not created:
+                early.creation_known(False)  # it stops, having written nothing
         if not created:
             return False
-        record = RunRecord(
-            id=run.id,
-            workflow=run.workflow,
-            version=run.version,
-            status="running",
-            args=run.args,
-            result=None,
-            error=None,
-            owner=self.id,
-            epoch=1,
-            lease_until=now + self.lease_seconds,
-            wake_at=None,
-            created_at=run.created_at,
-            updated_at=now,
-            started_at=now,
-            finished_at=None,
-            parent_id=run.parent_id,
-            deadline=run.deadline,
-            priority=run.priority,
-        )
-        self._spawn(record, now, fresh=True)
+        if early is not None and run.id not in self.drivers:
+            self._hold(early)
+            early.creation_known(True)
+        else:
+            if early is not None:
+                early.creation_known(False)
+            self._spawn(record, now, fresh=True)
         return True
+
+    def _early_driver(self, record: RunRecord, claimed_at: float) -> RunDriver:
+        """A fresh run's driver, started before its creation committed; held
+        (in ``drivers``) only once it did."""
+        driver = self._new_driver(record, claimed_at, fresh=True)
+        driver.created = self.loop.create_future()
+        self._start_driver(driver)
+        return driver
 
     def lease_fresh(self, driver: RunDriver) -> bool:
         """Whether ``driver``'s lease certainly still holds by this worker's clock.
@@ -524,15 +556,25 @@ class Worker:
             self._respawning.add(record.id)
             running.task.add_done_callback(lambda _: self._respawn(record, began))
             return
+        driver = self._new_driver(record, began, fresh=fresh)
+        self._hold(driver)
+        self._start_driver(driver)
+
+    def _new_driver(self, record: RunRecord, claimed_at: float, *, fresh: bool) -> RunDriver:
+        driver = RunDriver(self, record, self.workflows[record.workflow], fresh=fresh)
+        driver.claimed_at = claimed_at
+        return driver
+
+    def _hold(self, driver: RunDriver) -> None:
         self.claimed_total += 1
-        driver = RunDriver(self, record, spec, fresh=fresh)
-        driver.claimed_at = began
-        self.drivers[record.id] = driver
+        self.drivers[driver.run_id] = driver
         self._holding.set()
+
+    def _start_driver(self, driver: RunDriver) -> None:
         # In a context of its own: a run started from inside a step must not
         # inherit that step's context (its step key, its lease confirmation).
         driver.task = contextvars.Context().run(
-            self.loop.create_task, driver.run(), name=f"durably-run-{record.id}"
+            self.loop.create_task, driver.run(), name=f"durably-run-{driver.run_id}"
         )
 
     def _respawn(self, record: RunRecord, claimed_at: float) -> None:
