@@ -144,6 +144,29 @@ async def test_a_start_cancelled_during_its_creation_stops_the_code_it_began(
         assert await (await app.start(flow, 2)).result(timeout=20) == 3
 
 
+async def test_code_begun_whose_driver_is_cancelled_before_the_creation_is_driven_anew(
+    make_app: Callable[..., durably.App], backend: str, database_url: str
+) -> None:
+    # The early driver's task is cancelled while the insert waits (as a
+    # shutdown cancelling every task would): once created, the run gets a
+    # driver of its own, and the start answers as usual.
+    app = make_app()
+    flow, began, saw_row = prologue_and_step(app)
+    async with app.worker() as worker:
+        assert await (await app.start(flow, 0)).result(timeout=20) == 1
+        with creations_blocked(app, backend, database_url):
+            starting = asyncio.get_running_loop().create_task(app.start(flow, 1))
+            await eventually(lambda: began == [0, 1])
+            (early,) = _run_tasks()
+            early.cancel()
+            await eventually(early.done)
+        handle = await asyncio.wait_for(starting, 20)
+        assert await handle.result(timeout=20) == 2
+        await eventually(lambda: not worker.drivers)
+    assert began == [0, 1, 1]  # its code began again under its new driver
+    assert saw_row == [True, True]
+
+
 def _run_tasks(run_id: str = "") -> list[asyncio.Task[Any]]:
     """Driver tasks not yet done (of ``run_id``, or any)."""
     return [

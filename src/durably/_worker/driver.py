@@ -200,9 +200,14 @@ class RunDriver:
             if p in self._executing
         )
 
+    def waiting_for_creation(self) -> bool:
+        """Whether this early driver waits to hear if its run was created."""
+        task, created = self.task, self.created
+        return task is not None and not task.done() and created is not None and not created.done()
+
     def creation_known(self, created: bool) -> None:
-        assert self.created is not None
-        self.created.set_result(created)
+        if self.created is not None and not self.created.done():  # else its task was cancelled
+            self.created.set_result(created)
 
     def _held(self) -> bool:
         created = self.created
@@ -852,7 +857,8 @@ class RunDriver:
         self._active.clear()
         self._waits.clear()
         self._children.clear()
-        self.worker.waiting_parents.discard(self.run_id)
+        if self._held():  # else another driver may hold the id
+            self.worker.waiting_parents.discard(self.run_id)
         if self.instance is not None:
             self.instance.abandon()  # also cancels tasks a finished workflow left behind
 

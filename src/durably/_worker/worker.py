@@ -498,10 +498,10 @@ class Worker:
                 early.creation_known(False)  # it stops, having written nothing
         if not created:
             return False
-        if early is not None and run.id not in self.drivers:
+        if early is not None and early.waiting_for_creation() and run.id not in self.drivers:
             self._hold(early)
             early.creation_known(True)
-        else:
+        else:  # (its task was cancelled meanwhile, say: a new driver takes the run)
             if early is not None:
                 early.creation_known(False)
             self._spawn(record, now, fresh=True)
