@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+import durably
 from durably import ConfigurationError
-from durably._config import database_url, lease_seconds
+from durably._config import ENV_SPIN, database_url, lease_seconds, spin_wait
 
 DB_ENV = "DURABLY_DATABASE_URL"
 LEASE_ENV = "DURABLY_LEASE_SECONDS"
@@ -132,3 +133,30 @@ def test_lease_rejects_non_finite_values(monkeypatch: pytest.MonkeyPatch, raw: s
     monkeypatch.setenv("DURABLY_LEASE_SECONDS", raw)
     with pytest.raises(ConfigurationError):
         lease_seconds(None)
+
+
+def test_spin_wait_default_and_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_SPIN, raising=False)
+    assert spin_wait() == 500e-6
+    for raw, expected in (("0", 0.0), (" 250 ", 250e-6), ("10000", 0.01), ("", 500e-6)):
+        monkeypatch.setenv(ENV_SPIN, raw)
+        assert spin_wait() == expected
+
+
+@pytest.mark.parametrize("raw", ["abc", "5us", "-1", "nan", "inf", "10001"])
+def test_spin_wait_refuses_what_is_not_a_sane_number_of_microseconds(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv(ENV_SPIN, raw)
+    with pytest.raises(ConfigurationError) as info:
+        spin_wait()
+    assert ENV_SPIN in str(info.value) and repr(raw) in str(info.value)
+
+
+def test_a_bad_spin_wait_is_said_when_the_postgres_storage_opens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(ENV_SPIN, "fast")
+    app = durably.App("test", "postgresql://127.0.0.1:1/never")  # nothing is connected yet
+    with pytest.raises(ConfigurationError, match=ENV_SPIN):
+        app.storage  # noqa: B018

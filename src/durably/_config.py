@@ -11,6 +11,9 @@ DEFAULT_DATABASE_URL = "sqlite:///durably.db"
 DEFAULT_LEASE_SECONDS = 30.0
 ENV_DATABASE = "DURABLY_DATABASE_URL"
 ENV_LEASE = "DURABLY_LEASE_SECONDS"
+ENV_SPIN = "DURABLY_SPIN_WAIT_US"
+DEFAULT_SPIN_WAIT_US = 500.0
+MAX_SPIN_WAIT_US = 10_000.0
 
 
 def database_url(explicit: str | None = None) -> str:
@@ -56,3 +59,23 @@ def lease_seconds(explicit: float | None = None) -> float:
             f"{source} must be at least {MIN_LEASE_SECONDS} seconds, not {value!r}"
         )
     return float(value)
+
+
+def spin_wait() -> float:
+    """Seconds a lone run's PostgreSQL write may look for its answer before
+    it sleeps until the answer comes (see ``libpq.Spin``); 0 never looks."""
+    raw = os.environ.get(ENV_SPIN)
+    if raw is None or not raw.strip():
+        return DEFAULT_SPIN_WAIT_US / 1e6
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{ENV_SPIN}={raw!r} is not a number of microseconds (0 turns the spin off)"
+        ) from None
+    if not math.isfinite(value) or not 0 <= value <= MAX_SPIN_WAIT_US:
+        raise ConfigurationError(
+            f"{ENV_SPIN}={raw!r}: must be between 0 and {MAX_SPIN_WAIT_US:g} microseconds "
+            "(0 turns the spin off)"
+        )
+    return value / 1e6

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -220,6 +221,89 @@ async def test_a_kept_reader_serves_every_statement_and_stops_when_nobody_waits(
         if not reader._added:
             break
     assert not reader._added
+
+
+def test_a_spin_looks_while_answers_come_quickly_and_stops_when_they_do_not() -> None:
+    spin = libpq.Spin(0.0005)
+    assert spin.budget() == 0.0005  # at first: up to the limit
+    for _ in range(50):
+        spin.took(0.0001)
+    assert spin.budget() == pytest.approx(0.0003, rel=0.05)  # three times the typical
+    for _ in range(50):
+        spin.took(0.002)  # a slow server: the looks found nothing
+    assert spin.budget() == 0.0
+    for _ in range(50):
+        spin.took(0.0002)  # it is quick again (answers slept on)
+    assert 0 < spin.budget() <= 0.0005
+
+
+async def _ticking_while(work: Any) -> tuple[Any, int]:
+    """``work``'s result, and how many times a 1 ms ticker ran meanwhile."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.001)
+            ticks += 1
+
+    ticking = asyncio.get_running_loop().create_task(ticker())
+    await asyncio.sleep(0)
+    try:
+        return await work, ticks
+    finally:
+        ticking.cancel()
+
+
+async def test_a_spun_statement_answers_as_a_slept_one_and_sleeps_past_its_budget(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    reader = libpq.Reader(asyncio.get_running_loop(), conn.pgconn)
+    spin = libpq.Spin(0.05)  # (a loaded machine's answers still come within it)
+    prepared: set[bytes] = set()
+    step = libpq.plan(INSERT)
+    assert step is not None
+    try:
+        for i in range(20):
+            params = libpq.values(step, {"k": f"s{i}", "f": 0.5, "b": False, "i": i, "n": "x"})
+            assert params is not None
+            assert await libpq.execute(conn.pgconn, prepared, step, params, reader, spin) == 1
+        assert spin.budget() > 0  # a local server answers within the limit
+        # A statement that takes 0.3 s: looked for three times the typical
+        # answer's time at most, then slept on, so the loop runs other tasks.
+        slow = libpq.plan("SELECT pg_sleep(0.3)")
+        assert slow is not None
+        rows, ticks = await _ticking_while(
+            libpq.execute(conn.pgconn, prepared, slow, [], reader, spin)
+        )
+        assert rows == 1 and ticks >= 20  # about 250 (a spin held to the end: none)
+    finally:
+        reader.stop()
+    cur = await conn.execute("SELECT count(*), sum(i) FROM libpq_test WHERE k LIKE 's%'")
+    assert await cur.fetchone() == (20, sum(range(20)))
+
+
+async def test_a_connection_lost_while_its_answer_is_looked_for_raises_psycopgs_error(
+    conn: psycopg.AsyncConnection[Any], postgres_server: Any
+) -> None:
+    reader = libpq.Reader(asyncio.get_running_loop(), conn.pgconn)
+    spin = libpq.Spin(5.0)  # looks for the whole statement
+    slow = libpq.plan("SELECT pg_sleep(3)")
+    assert slow is not None
+    pid = conn.pgconn.backend_pid
+
+    def kill() -> None:
+        with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    killer = threading.Timer(0.2, kill)
+    killer.start()
+    try:
+        with pytest.raises(psycopg.OperationalError):
+            await libpq.execute(conn.pgconn, set(), slow, [], reader, spin)
+    finally:
+        killer.join()
+        reader.stop()
 
 
 async def test_the_loop_writer_keeps_working_after_psycopg_used_its_connection(

@@ -37,6 +37,13 @@ def prologue_and_step(app: durably.App) -> tuple[Any, list[int], list[bool]]:
     return flow, began, saw_row
 
 
+def quiet_app(make_app: Callable[..., durably.App]) -> durably.App:
+    """An app whose worker claims nothing while a test blocks creations: a
+    claim waits for the block too, and a local start waits for a claim in
+    flight (no lease lapses and no poll comes during the test)."""
+    return make_app(lease_seconds=60.0, poll_interval=3600.0)
+
+
 @contextlib.contextmanager
 def creations_blocked(app: durably.App, backend: str, url: str) -> Iterator[None]:
     """Hold back every new run's insert (reads go on) until the block ends."""
@@ -57,7 +64,7 @@ def creations_blocked(app: durably.App, backend: str, url: str) -> Iterator[None
 async def test_a_generated_ids_code_begins_during_its_creation_and_its_step_after(
     make_app: Callable[..., durably.App], backend: str, database_url: str
 ) -> None:
-    app = make_app()
+    app = quiet_app(make_app)
     flow, began, saw_row = prologue_and_step(app)
     async with app.worker():
         assert await (await app.start(flow, 0)).result(timeout=20) == 1
@@ -78,7 +85,7 @@ async def test_a_given_ids_code_waits_for_its_creation(
 ) -> None:
     # A given id may name a run that exists: its code must not run here
     # unless this start created it.
-    app = make_app()
+    app = quiet_app(make_app)
     flow, began, saw_row = prologue_and_step(app)
     async with app.worker():
         assert await (await app.start(flow, 0)).result(timeout=20) == 1
@@ -100,7 +107,7 @@ async def test_code_begun_for_a_run_that_was_not_created_writes_nothing(
     # the early driver's run is not created, besides a failed or cancelled
     # insert): the driver stops before its first step, and the existing run,
     # its journal and the worker's slots are as they were.
-    app = make_app()
+    app = quiet_app(make_app)
     flow, began, saw_row = prologue_and_step(app)
     async with app.worker() as worker:
         assert await (await app.start(flow, 5, id="taken")).result(timeout=20) == 6
@@ -123,7 +130,7 @@ async def test_code_begun_for_a_run_that_was_not_created_writes_nothing(
 async def test_a_start_cancelled_during_its_creation_stops_the_code_it_began(
     make_app: Callable[..., durably.App], backend: str, database_url: str
 ) -> None:
-    app = make_app()
+    app = quiet_app(make_app)
     flow, began, saw_row = prologue_and_step(app)
     async with app.worker() as worker:
         assert await (await app.start(flow, 0)).result(timeout=20) == 1
@@ -150,7 +157,7 @@ async def test_code_begun_whose_driver_is_cancelled_before_the_creation_is_drive
     # The early driver's task is cancelled while the insert waits (as a
     # shutdown cancelling every task would): once created, the run gets a
     # driver of its own, and the start answers as usual.
-    app = make_app()
+    app = quiet_app(make_app)
     flow, began, saw_row = prologue_and_step(app)
     async with app.worker() as worker:
         assert await (await app.start(flow, 0)).result(timeout=20) == 1

@@ -58,6 +58,7 @@ class LoopWriter:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._cursor: psycopg.AsyncCursor[Any] | None = None  # reused: a new one costs
         self._reader: libpq.Reader | None = None  # its socket's, kept between statements
+        self._spin = libpq.Spin(storage.spin_wait) if storage.spin_wait > 0 else None
         self._prepared: set[bytes] = set()  # what libpq.execute prepared on this connection
         self._utf8 = False  # the connection's client encoding (libpq.py sends UTF-8)
         self._used = 0.0  # monotonic time of its last good answer
@@ -128,7 +129,9 @@ class LoopWriter:
         try:
             if self._reader is None:
                 self._reader = libpq.Reader(asyncio.get_running_loop(), conn.pgconn)
-            return await libpq.execute(conn.pgconn, self._prepared, step, params, self._reader)
+            return await libpq.execute(
+                conn.pgconn, self._prepared, step, params, self._reader, self._spin
+            )
         except BaseException:
             if conn.pgconn.transaction_status == TransactionStatus.ACTIVE:
                 # Interrupted with the statement in flight (its caller was

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
+from ... import _config
 from ..._engine.journal import Entry
 from ..._errors import (
     ConfigurationError,
@@ -149,6 +150,7 @@ class PostgresStorage(Storage):
 
     def __init__(self, url: str, *, pool_size: int = 8) -> None:
         self.url = url
+        self.spin_wait = _config.spin_wait()  # read now: a bad value is said at once
         self._where = _describe(url)
         self.conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
         self._pool = psycopg_pool.ConnectionPool(
