@@ -10,6 +10,7 @@ import asyncio
 import math
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -229,6 +230,8 @@ def test_a_spin_looks_while_answers_come_quickly_and_stops_when_they_do_not() ->
     for _ in range(50):
         spin.took(0.0001)
     assert spin.budget() == pytest.approx(0.0003, rel=0.05)  # three times the typical
+    spin.took(0.5)  # one answer that waited on a lock
+    assert spin.budget() > 0  # counted as twice the limit: the looking goes on
     for _ in range(50):
         spin.took(0.002)  # a slow server: the looks found nothing
     assert spin.budget() == 0.0
@@ -259,6 +262,7 @@ async def test_a_spun_statement_answers_as_a_slept_one_and_sleeps_past_its_budge
     conn: psycopg.AsyncConnection[Any],
 ) -> None:
     reader = libpq.Reader(asyncio.get_running_loop(), conn.pgconn)
+    slept = _count_sleeps(reader)
     spin = libpq.Spin(0.05)  # (a loaded machine's answers still come within it)
     prepared: set[bytes] = set()
     step = libpq.plan(INSERT)
@@ -269,6 +273,9 @@ async def test_a_spun_statement_answers_as_a_slept_one_and_sleeps_past_its_budge
             assert params is not None
             assert await libpq.execute(conn.pgconn, prepared, step, params, reader, spin) == 1
         assert spin.budget() > 0  # a local server answers within the limit
+        # Found by looking: all but the first (slept on while being
+        # prepared), unless the machine is loaded.
+        assert len(slept) <= 5
         # A statement that takes 0.3 s: looked for three times the typical
         # answer's time at most, then slept on, so the loop runs other tasks.
         slow = libpq.plan("SELECT pg_sleep(0.3)")
@@ -283,27 +290,47 @@ async def test_a_spun_statement_answers_as_a_slept_one_and_sleeps_past_its_budge
     assert await cur.fetchone() == (20, sum(range(20)))
 
 
+def _count_sleeps(reader: libpq.Reader) -> list[float]:
+    """When ``reader`` began each of its waits (answers slept on)."""
+    slept: list[float] = []
+    readable = reader.readable
+
+    async def counted() -> None:
+        slept.append(time.monotonic())
+        await readable()
+
+    reader.readable = counted  # type: ignore[method-assign]
+    return slept
+
+
 async def test_a_connection_lost_while_its_answer_is_looked_for_raises_psycopgs_error(
     conn: psycopg.AsyncConnection[Any], postgres_server: Any
 ) -> None:
     reader = libpq.Reader(asyncio.get_running_loop(), conn.pgconn)
+    slept = _count_sleeps(reader)
     spin = libpq.Spin(5.0)  # looks for the whole statement
-    slow = libpq.plan("SELECT pg_sleep(3)")
+    slow = libpq.plan("SELECT pg_sleep(%s::float8)")
     assert slow is not None
+    prepared: set[bytes] = set()
+    assert await libpq.execute(conn.pgconn, prepared, slow, [b"0"], reader, spin) == 1
     pid = conn.pgconn.backend_pid
+    killed: list[float] = []
 
     def kill() -> None:
         with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+            killed.append(time.monotonic())
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
     killer = threading.Timer(0.2, kill)
+    slept.clear()
     killer.start()
     try:
         with pytest.raises(psycopg.OperationalError):
-            await libpq.execute(conn.pgconn, set(), slow, [], reader, spin)
+            await libpq.execute(conn.pgconn, prepared, slow, [b"3"], reader, spin)
     finally:
         killer.join()
         reader.stop()
+    assert all(t > killed[0] for t in slept)  # looked for, not slept on, until the loss
 
 
 async def test_the_loop_writer_keeps_working_after_psycopg_used_its_connection(

@@ -111,12 +111,14 @@ class Spin:
     one's answer. Sleeping on the socket for that answer costs more than the
     sleep: on a virtual machine, a CPU left idle is handed back to the host,
     and waking it again for the answer took about 50 µs here, a fifth of a
-    whole statement against a local server (see docs/performance.md). So
-    the answer is looked for (a non-blocking read, the CPU given up to other
-    threads between looks) for a bounded time first: while answers have
-    been coming within ``limit``, for at most three times their typical
-    time. A slower server (remote, or loaded) stops the looking by itself.
-    The loop runs nothing else meanwhile: at most ``limit`` per statement.
+    whole statement against a local server (see docs/design.md, "The hot
+    path"). So the answer is looked for (a non-blocking read, the CPU given
+    up to other threads between looks) for a bounded time first: while
+    answers have been coming within ``limit``, for at most three times
+    their typical time. A slower server (remote, or loaded) stops the
+    looking by itself. The loop runs nothing else meanwhile: at most
+    ``limit`` per statement (plus a scheduler slice, if the CPU given up
+    went to another busy process or thread).
     """
 
     def __init__(self, limit: float) -> None:
@@ -130,6 +132,9 @@ class Spin:
         return min(self.limit, 3 * self.typical)
 
     def took(self, seconds: float) -> None:
+        # Capped: one answer that waited on a lock says little about the
+        # next, and would turn the looking off for dozens of statements.
+        seconds = min(seconds, 2 * self.limit)
         self.typical += (seconds - self.typical) / 8
 
 
