@@ -174,6 +174,37 @@ async def test_code_begun_whose_driver_is_cancelled_before_the_creation_is_drive
     assert saw_row == [True, True]
 
 
+@pytest.mark.parametrize("given_id", [False, True])
+async def test_a_worker_stopping_during_a_local_creation_hands_the_run_back(
+    make_app: Callable[..., durably.App], backend: str, database_url: str, given_id: bool
+) -> None:
+    # The worker stops while a start's insert waits: the stop waits for it,
+    # and the run it created (held by this worker) is handed back like the
+    # runs it drove, for another worker to take at once, not driven by a
+    # stopped worker nor left to its lease.
+    app = quiet_app(make_app)
+    flow, _, saw_row = prologue_and_step(app)
+    async with app.worker() as worker:
+        assert await (await app.start(flow, 0)).result(timeout=20) == 1
+        with creations_blocked(app, backend, database_url):
+            starting = asyncio.get_running_loop().create_task(
+                app.start(flow, 1, id="late" if given_id else None)
+            )
+            await asyncio.sleep(0.3)
+            stopping = asyncio.get_running_loop().create_task(worker.stop())
+            await asyncio.sleep(0.3)
+            assert not stopping.done()  # it waits for the creation
+        handle = await asyncio.wait_for(starting, 20)
+        await asyncio.wait_for(stopping, 20)
+    row = app.storage.get_run(handle.id)
+    assert row is not None
+    assert (row.status, row.owner) == ("running", None)  # handed back, claimable now
+    assert saw_row == [True]  # its step did not run on the stopped worker
+    async with app.worker():  # another worker takes it up at once
+        assert await handle.result(timeout=20) == 2
+    assert saw_row == [True, True]
+
+
 def _run_tasks(run_id: str = "") -> list[asyncio.Task[Any]]:
     """Driver tasks not yet done (of ``run_id``, or any)."""
     return [

@@ -117,6 +117,8 @@ class Worker:
         self._on_ended = on_ended
         self._on_left = on_left
         self._reserved = 0  # slots promised to runs being started in this process
+        self._creating = 0  # local starts whose creation is in flight
+        self._created_all = asyncio.Event()  # set whenever none is
         # Runs claimed again while their old driver finishes: each holds a slot
         # until its new driver starts, and is handed back if the worker stops.
         self._respawning: set[str] = set()
@@ -195,6 +197,9 @@ class Worker:
                 await task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
+        while self._creating:  # a local start's run, held here once created: drain it too
+            self._created_all.clear()
+            await self._created_all.wait()
         if self._claiming is not None:  # a claim committed while we stopped: drive it
             try:
                 for record in await self._claiming:
@@ -481,6 +486,7 @@ class Worker:
         # exists, whose code must not run here at all.
         early = self._early_driver(record, now) if new_id else None
         created = False
+        self._creating += 1
         try:
             run.owner = self.id
             run.lease_until = record.lease_until
@@ -494,6 +500,9 @@ class Worker:
                 run.owner = run.lease_until = None
         finally:
             self._reserved -= 1
+            self._creating -= 1
+            if not self._creating:
+                self._created_all.set()
             if early is not None and not created:
                 early.creation_known(False)  # it stops, having written nothing
         if not created:
