@@ -197,9 +197,11 @@ class Worker:
                 await task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
-        while self._creating:  # a local start's run, held here once created: drain it too
-            self._created_all.clear()
-            await self._created_all.wait()
+        # A local start's run is held here once created: drain it too. Not
+        # for longer than the drain (in an outage a creation can wait for
+        # the database until the committer is stopped, below).
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._creations_answered(), drain_timeout)
         if self._claiming is not None:  # a claim committed while we stopped: drive it
             try:
                 for record in await self._claiming:
@@ -238,6 +240,11 @@ class Worker:
         self.step_threads.shutdown(wait=False)
         self.workflow_threads.shutdown(wait=False)
         log.info("worker %s stopped", self.id)
+
+    async def _creations_answered(self) -> None:
+        while self._creating:
+            self._created_all.clear()
+            await self._created_all.wait()
 
     # -- helpers for drivers ---------------------------------------------------
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
