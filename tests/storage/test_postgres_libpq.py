@@ -333,6 +333,25 @@ async def test_a_connection_lost_while_its_answer_is_looked_for_raises_psycopgs_
     assert all(t > killed[0] for t in slept)  # looked for, not slept on, until the loss
 
 
+async def test_a_statement_whose_connection_is_closed_while_it_waits_fails_at_once(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    # The loop writer closes its connection (a worker stopping) while a
+    # statement waits for its answer: the statement fails, it does not wait
+    # for good.
+    reader = libpq.Reader(asyncio.get_running_loop(), conn.pgconn)
+    slow = libpq.plan("SELECT pg_sleep(%s::float8)")
+    assert slow is not None
+    waiting = asyncio.get_running_loop().create_task(
+        libpq.execute(conn.pgconn, set(), slow, [b"5"], reader)
+    )
+    await eventually(lambda: reader._waiter is not None)
+    reader.stop()
+    await conn.close()
+    with pytest.raises(psycopg.OperationalError):
+        await asyncio.wait_for(waiting, 2)
+
+
 async def test_the_loop_writer_keeps_working_after_psycopg_used_its_connection(
     pg: tuple[str, Any],
 ) -> None:

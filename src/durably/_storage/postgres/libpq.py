@@ -226,8 +226,11 @@ class Reader:
         self._fd = pgconn.socket
         self._waiter: asyncio.Future[None] | None = None
         self._added = False
+        self._stopped = False
 
     async def readable(self) -> None:
+        if self._stopped:  # the connection was handed over or dropped: not watched again
+            raise psycopg.OperationalError("the connection was let go while a statement waited")
         waiter = self._loop.create_future()
         self._waiter = waiter
         try:
@@ -256,9 +259,15 @@ class Reader:
             self.stop()
 
     def stop(self) -> None:
+        self._stopped = True
         if self._added:
             self._added = False
             self._loop.remove_reader(self._fd)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            # Whoever waits looks once more, then fails its statement
+            # (see readable) instead of waiting for good.
+            waiter.set_result(None)
 
 
 async def _ready(add: Any, remove: Any, fd: int, loop: asyncio.AbstractEventLoop) -> None:
