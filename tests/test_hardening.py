@@ -301,6 +301,40 @@ async def test_stop_hands_back_runs_whose_steps_outlast_the_drain(
     assert record.owner is None, f"still owned by the stopped worker: {record}"
 
 
+async def test_a_stop_whose_caller_gave_up_still_hands_the_runs_back(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """A caller that stops waiting for stop() (a timeout around it) must not
+    cut the stop short: a later stop() waited for nothing, and the runs were
+    never handed back nor the committer stopped."""
+    app = make_app(lease_seconds=30.0)
+
+    @app.step()
+    async def stubborn() -> str:
+        await asyncio.sleep(10)
+        return "x"
+
+    @app.workflow()
+    async def flow(ctx: durably.Context) -> str:
+        return str(await stubborn())
+
+    worker = app._make_worker(10)
+    await worker.start()
+    await app.start(flow, id="given-up")
+    await eventually(
+        lambda: "given-up" in worker.drivers and bool(worker.drivers["given-up"]._active)
+    )
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(worker.stop(drain_timeout=0.5), 0.1)
+    await worker.stop()  # the same stop, waited for to its end
+    record = app.storage.get_run("given-up")
+    assert record is not None
+    assert record.owner is None, f"still owned by the stopped worker: {record}"
+    committer: Any = worker.committer
+    if hasattr(committer, "_thread"):
+        await eventually(lambda: not committer._thread.is_alive())
+
+
 # -- 7. shutdown during an in-flight claim orphans the claimed runs ----------------
 
 

@@ -136,6 +136,7 @@ class Worker:
         self._claiming: asyncio.Future[list[RunRecord]] | None = None
         self._claim_began = 0.0  # clock() when it was sent: its leases run from then
         self._stopping = False
+        self._stop_task: asyncio.Task[None] | None = None
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: list[Callable[[], None]] = []
@@ -186,9 +187,16 @@ class Worker:
 
     async def stop(self, drain_timeout: float = 5.0) -> None:
         """Stop claiming, let executing steps finish (up to ``drain_timeout``
-        seconds) and hand every run back so other workers take it at once."""
-        if self._stopping:
-            return
+        seconds) and hand every run back so other workers take it at once.
+
+        A caller that stops waiting (cancelled, a timeout) leaves the stop
+        going on; a later call waits for that same stop.
+        """
+        if self._stop_task is None:
+            self._stop_task = self.loop.create_task(self._stop(drain_timeout))
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self, drain_timeout: float) -> None:
         self._stopping = True
         for task in self._tasks:
             task.cancel()
