@@ -271,13 +271,10 @@ def test_system_exit_in_user_code_does_not_kill_the_worker(
 # -- 6. shutdown leaves runs whose steps outlast the drain owned by a dead worker --
 
 
-async def test_stop_hands_back_runs_whose_steps_outlast_the_drain(
-    make_app: Callable[..., durably.App],
-) -> None:
-    """Worker.stop cancels drivers still busy after drain_timeout; their
-    finally removes them from self.drivers, so `held` no longer names them and
-    storage.release never runs for them: the run keeps owner + a fresh lease and
-    other workers wait a full lease (30 s by default) before taking it."""
+async def _worker_in_a_long_step(
+    make_app: Callable[..., durably.App], run_id: str
+) -> tuple[durably.App, Any]:
+    """An app and its started worker, driving run ``run_id`` in a 10 s async step."""
     app = make_app(lease_seconds=30.0)
 
     @app.step()
@@ -291,10 +288,19 @@ async def test_stop_hands_back_runs_whose_steps_outlast_the_drain(
 
     worker = app._make_worker(10)
     await worker.start()
-    await app.start(flow, id="stubborn")
-    await eventually(
-        lambda: "stubborn" in worker.drivers and bool(worker.drivers["stubborn"]._active)
-    )
+    await app.start(flow, id=run_id)
+    await eventually(lambda: run_id in worker.drivers and bool(worker.drivers[run_id]._active))
+    return app, worker
+
+
+async def test_stop_hands_back_runs_whose_steps_outlast_the_drain(
+    make_app: Callable[..., durably.App],
+) -> None:
+    """Worker.stop cancels drivers still busy after drain_timeout; their
+    finally removes them from self.drivers, so `held` no longer names them and
+    storage.release never runs for them: the run keeps owner + a fresh lease and
+    other workers wait a full lease (30 s by default) before taking it."""
+    app, worker = await _worker_in_a_long_step(make_app, "stubborn")
     await worker.stop(drain_timeout=0.3)
     record = app.storage.get_run("stubborn")
     assert record is not None
@@ -307,23 +313,7 @@ async def test_a_stop_whose_caller_gave_up_still_hands_the_runs_back(
     """A caller that stops waiting for stop() (a timeout around it) must not
     cut the stop short: a later stop() waited for nothing, and the runs were
     never handed back nor the committer stopped."""
-    app = make_app(lease_seconds=30.0)
-
-    @app.step()
-    async def stubborn() -> str:
-        await asyncio.sleep(10)
-        return "x"
-
-    @app.workflow()
-    async def flow(ctx: durably.Context) -> str:
-        return str(await stubborn())
-
-    worker = app._make_worker(10)
-    await worker.start()
-    await app.start(flow, id="given-up")
-    await eventually(
-        lambda: "given-up" in worker.drivers and bool(worker.drivers["given-up"]._active)
-    )
+    app, worker = await _worker_in_a_long_step(make_app, "given-up")
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(worker.stop(drain_timeout=0.5), 0.1)
     await worker.stop()  # the same stop, waited for to its end
