@@ -97,7 +97,11 @@ class Committer:
 
     def _to_thread(self, write: RunWrite, fut: asyncio.Future[bool]) -> None:
         self._queue.append((write, fut))
-        self._event.set()
+        # Set only if not set already (setting takes a lock and wakes): the
+        # thread clears the event before it drains the queue, so a write
+        # appended before this check is drained even when it skips the set.
+        if not self._event.is_set():
+            self._event.set()
 
     def _commit_here(self, write: RunWrite) -> asyncio.Future[bool] | None:
         """Commit ``write`` on the loop if that needs no waiting, answered in the

@@ -56,6 +56,8 @@ INSERT_RUNS = _INSERT_RUNS.replace(
                      %s::float8[], %s::float8[], %s::text[], %s::float8[], %s::int[],
                      %s::bigint[], %s::text[], %s::float8[], %s::float8[], %s::bool[])""",
 )
+INSERT_RUNS_KINDS = "tttttfftfiitffb"  # arrays.columns: each column's type
+
 # One run (the common start): plain parameters cost the server less than unnest().
 INSERT_RUN = _INSERT_RUNS.replace(
     "{rows}",
@@ -121,6 +123,8 @@ INSERT INTO durably.journal (run_id, seq, position, kind, name, payload, loc, at
 SELECT * FROM unnest(%s::text[], %s::int[], %s::int[], %s::text[], %s::text[], %s::text[],
                      %s::text[], %s::float8[], %s::bigint[])
 """
+INSERT_ENTRIES_KINDS = "tiittttfi"  # arrays.columns: each column's type
+
 
 UPDATE_RUN = """
 UPDATE durably.runs
@@ -331,8 +335,9 @@ WITH w AS (
         %(wakes)s::float8[], %(releases)s::bool[], %(versions)s::text[], %(pins)s::bool[])
         AS w(id, epoch, change, status, result, error, wake_at, release, version, pin)
 ), held AS (
-    SELECT r.id FROM durably.runs r JOIN w ON r.id = w.id AND r.epoch = w.epoch
-    WHERE r.id = ANY(%(held)s::text[]) AND r.owner = %(me)s
+    SELECT r.id FROM unnest(%(held)s::text[], %(held_epochs)s::bigint[]) AS h(id, epoch)
+    JOIN durably.runs r ON r.id = h.id AND r.epoch = h.epoch
+    WHERE r.owner = %(me)s
     FOR SHARE OF r
 ), fence AS (
     UPDATE durably.runs r SET

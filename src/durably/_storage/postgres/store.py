@@ -68,6 +68,7 @@ from ..common import (
     wake_missed,
 )
 from . import queries as q
+from .arrays import bool_array, columns, float_array, int_array, text_array
 from .loop_writer import CONFLICTS, LoopWriter
 
 try:
@@ -276,8 +277,8 @@ class PostgresStorage(Storage):
         if len(runs) == 1:
             created = conn.execute(q.INSERT_RUN, _run_row(runs[0])).fetchall()
         else:
-            columns = [list(col) for col in zip(*(_run_row(r) for r in runs), strict=True)]
-            created = conn.execute(q.INSERT_RUNS, columns).fetchall()
+            params = columns([_run_row(r) for r in runs], q.INSERT_RUNS_KINDS)
+            created = conn.execute(q.INSERT_RUNS, params).fetchall()
         workflows = sorted({wf for _, wf, status in created if status == "pending"})
         if workflows:
             with conn.cursor() as cur:
@@ -377,7 +378,8 @@ class PostgresStorage(Storage):
             if creates:  # runs started in this process, created already claimed
                 self._insert_runs(conn, creates)
             ids = [w.run_id for w in writes]
-            owned = dict(conn.execute(q.OWNED, (worker_id, ids), prepare=False).fetchall())
+            params = (worker_id, text_array(ids))
+            owned = dict(conn.execute(q.OWNED, params, prepare=False).fetchall())
             part = partition(writes, owned, now)
             with conn.cursor() as cur:
                 if part.consumed:
@@ -389,8 +391,7 @@ class PostgresStorage(Storage):
                 )
                 woken = wake_missed(part, now, missed)
                 if part.entries:
-                    columns = [list(col) for col in zip(*part.entries, strict=True)]
-                    cur.execute(q.INSERT_ENTRIES, columns)
+                    cur.execute(q.INSERT_ENTRIES, columns(part.entries, q.INSERT_ENTRIES_KINDS))
                 if part.events:
                     cur.executemany(q.UPSERT_EVENT, part.events)
                 if part.children:
@@ -462,35 +463,15 @@ class PostgresStorage(Storage):
         return OneStatement(statement, params, write.run_id)
 
     def _commit_simple(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> set[str]:
-        """The common group commit, in one statement (see ``q.COMMIT_SIMPLE``)."""
-        updates = [w.update for w in writes]
-        entries = [(w.run_id, e, w.epoch) for w in writes for e in w.entries]
-        params = {
-            "me": worker_id,
-            "now": now,
-            "ids": [w.run_id for w in writes],
-            "held": [w.run_id for w in writes if w.update is None],
-            "epochs": [w.epoch for w in writes],
-            "changes": [u is not None for u in updates],
-            "statuses": [u.status if u else None for u in updates],
-            "results": [u.result if u else None for u in updates],
-            "errors": [u.error if u else None for u in updates],
-            "wakes": [u.wake_at if u else None for u in updates],
-            "releases": [bool(u and u.release) for u in updates],
-            "versions": [u.version if u else None for u in updates],
-            "pins": [bool(u and u.pin) for u in updates],
-            "e_run": [run_id for run_id, _, _ in entries],
-            "e_seq": [e.seq for _, e, _ in entries],
-            "e_pos": [e.position for _, e, _ in entries],
-            "e_kind": [e.kind for _, e, _ in entries],
-            "e_name": [e.name for _, e, _ in entries],
-            "e_payload": [e.payload for _, e, _ in entries],
-            "e_loc": [e.loc for _, e, _ in entries],
-            "e_at": [e.at for _, e, _ in entries],
-            "e_epoch": [epoch for _, _, epoch in entries],
-        }
+        """The common group commit, in one statement (see ``q.COMMIT_SIMPLE``).
+
+        Prepared: its generic plan walks the primary key once per write at any
+        batch size (tests/storage/test_plans.py), and planning it afresh cost
+        the server more than running it (2.4 against 3.3 ms for 200 writes).
+        """
+        params = commit_simple_params(worker_id, writes, now)
         with self._conn() as conn:
-            done = conn.execute(q.COMMIT_SIMPLE, params, prepare=False).fetchall()
+            done = conn.execute(q.COMMIT_SIMPLE, params, prepare=True).fetchall()
         kept = {row[0] for row in done}
         return {w.run_id for w in writes} - kept
 
@@ -501,7 +482,7 @@ class PostgresStorage(Storage):
         if not run_ids:
             return {}
         with self._conn() as conn:
-            params = (now + lease_seconds, worker_id, list(run_ids))
+            params = (now + lease_seconds, worker_id, text_array(run_ids))
             rows = conn.execute(q.RENEW, params, prepare=False).fetchall()
         return {str(run_id): int(epoch) for run_id, epoch in rows}
 
@@ -511,7 +492,7 @@ class PostgresStorage(Storage):
     ) -> None:
         if run_ids:
             with self._conn() as conn:
-                params = (now, worker_id, list(run_ids), epoch, epoch)
+                params = (now, worker_id, text_array(run_ids), epoch, epoch)
                 conn.execute(q.RELEASE, params, prepare=False)
 
     def next_due(
@@ -550,7 +531,7 @@ class PostgresStorage(Storage):
         found: dict[str, RunRecord] = {}
         with self._conn() as conn:
             unsure = []
-            for *columns, maybe_quiet in conn.execute(q.WATCH_RUNS, {"ids": list(run_ids)}):
+            for *columns, maybe_quiet in conn.execute(q.WATCH_RUNS, {"ids": text_array(run_ids)}):
                 record = RunRecord(*columns)
                 found[record.id] = record
                 if maybe_quiet:
@@ -577,7 +558,7 @@ class PostgresStorage(Storage):
         if not run_ids:
             return []
         with self._conn() as conn:
-            rows = conn.execute(sql, (list(run_ids),)).fetchall()
+            rows = conn.execute(sql, (text_array(run_ids),)).fetchall()
         return [RunRecord(*r) for r in rows]
 
     @_again_on_conflict
@@ -592,7 +573,8 @@ class PostgresStorage(Storage):
         if not run_ids:
             return []
         with self._conn() as conn:
-            rows = conn.execute(q.PENDING_SIGNALS, (list(run_ids),), prepare=False).fetchall()
+            params = (text_array(run_ids),)
+            rows = conn.execute(q.PENDING_SIGNALS, params, prepare=False).fetchall()
         return [Signal(*r) for r in rows]
 
     def get_event(self, run_id: str, key: str) -> str | None:
@@ -630,7 +612,8 @@ class PostgresStorage(Storage):
         if not run_ids:
             return {}
         with self._conn() as conn:
-            rows = conn.execute(q.CANCEL_REQUESTS, (list(run_ids),), prepare=False).fetchall()
+            params = (text_array(run_ids),)
+            rows = conn.execute(q.CANCEL_REQUESTS, params, prepare=False).fetchall()
         return {str(r[0]): str(r[1]) for r in rows}
 
     # -- wake-ups --------------------------------------------------------------
@@ -674,6 +657,38 @@ def _entry_params(e: Entry) -> dict[str, Any]:
         "payload": e.payload,
         "loc": e.loc,
         "at": e.at,
+    }
+
+
+def commit_simple_params(worker_id: str, writes: Sequence[RunWrite], now: float) -> dict[str, Any]:
+    """``q.COMMIT_SIMPLE``'s parameters: the batch as columns of array literals."""
+    updates = [w.update for w in writes]
+    entries = [(w.run_id, e, w.epoch) for w in writes for e in w.entries]
+    held = [w for w in writes if w.update is None]
+    return {
+        "me": worker_id,
+        "now": now,
+        "ids": text_array([w.run_id for w in writes]),
+        "held": text_array([w.run_id for w in held]),
+        "held_epochs": int_array([w.epoch for w in held]),
+        "epochs": int_array([w.epoch for w in writes]),
+        "changes": bool_array([u is not None for u in updates]),
+        "statuses": text_array([u.status if u else None for u in updates]),
+        "results": text_array([u.result if u else None for u in updates]),
+        "errors": text_array([u.error if u else None for u in updates]),
+        "wakes": float_array([u.wake_at if u else None for u in updates]),
+        "releases": bool_array([bool(u and u.release) for u in updates]),
+        "versions": text_array([u.version if u else None for u in updates]),
+        "pins": bool_array([bool(u and u.pin) for u in updates]),
+        "e_run": text_array([run_id for run_id, _, _ in entries]),
+        "e_seq": int_array([e.seq for _, e, _ in entries]),
+        "e_pos": int_array([e.position for _, e, _ in entries]),
+        "e_kind": text_array([e.kind for _, e, _ in entries]),
+        "e_name": text_array([e.name for _, e, _ in entries]),
+        "e_payload": text_array([e.payload for _, e, _ in entries]),
+        "e_loc": text_array([e.loc for _, e, _ in entries]),
+        "e_at": float_array([e.at for _, e, _ in entries]),
+        "e_epoch": int_array([epoch for _, _, epoch in entries]),
     }
 
 
