@@ -435,17 +435,25 @@ class RunDriver:
         for entry in new_entries:
             self._stamp(entry)
         batch.entries.extend(new_entries)
-        forgotten = {c.position for c in commands if isinstance(c, Forget)}
-        for position in forgotten:
-            self._forget(position)
-        commands = [
-            c for c in commands if not isinstance(c, Forget) and c.position not in forgotten
-        ]
+        # The common flush (a step's result, the next step called) has one
+        # plain step call: the generic sorting below is skipped for it.
+        plain = len(commands) == 1 and type(commands[0]) is StepCall
+        if not plain:
+            forgotten = {c.position for c in commands if isinstance(c, Forget)}
+            for position in forgotten:
+                self._forget(position)
+            commands = [
+                c for c in commands if not isinstance(c, Forget) and c.position not in forgotten
+            ]
         update = self._next_update(instance, commands)
         if version is not None:
             update = update or RunUpdate(status=self._status, wake_at=self._wake_at)
             update.version = version
-        children = [self._new_child(c) for c in commands if isinstance(c, ChildCall) and c.spec]
+        children = (
+            []
+            if plain
+            else [self._new_child(c) for c in commands if isinstance(c, ChildCall) and c.spec]
+        )
         events = [(e.name, e.payload or "null") for e in batch.entries if e.kind == Kind.EVENT]
         self.releasing = update is not None and update.release
         if batch.entries or update is not None:
@@ -601,6 +609,16 @@ class RunDriver:
             return _ended(instance.outcome)
         now = self._clock()
         grace = self.worker.suspend_after
+        if (
+            self._status == "running"
+            and self._wake_at is None
+            and not self.draining
+            and (
+                self._active
+                or any(type(c) is StepCall and c.not_before - now <= grace for c in commands)
+            )
+        ):
+            return None  # busy, as written already: the common case, decided early
         starting = [c for c in commands if isinstance(c, StepCall)]
         runs_soon = [c for c in starting if c.not_before - now <= grace]
         times = [t.fire_at for t in self._timers.values()]
@@ -725,7 +743,7 @@ class RunDriver:
     async def _run_while_ours(self, call: StepCall) -> tuple[Entry, StepCall | None] | None:
         """One attempt, begun only while the lease certainly holds; None if it was lost."""
         assert self.instance is not None
-        while await self._still_ours():
+        while self._lease_fresh() or await self._still_ours():
             try:
                 return await steps.execute(
                     call,
