@@ -314,11 +314,16 @@ def test_sqlite_statements_find_runs_by_id_through_the_id_index(tmp_path: Path) 
     raw = sqlite3.connect(tmp_path / "plans.db")
     try:
         statements = {
-            "wake_parents": sqlite_queries.wake_parents(3),
             "CANCEL_PENDING_TREE": sqlite_queries.CANCEL_PENDING_TREE,
             "MARK_CANCEL_TREE": sqlite_queries.MARK_CANCEL_TREE,
             "WAKE_SUSPENDED": sqlite_queries.WAKE_SUSPENDED,
         }
+        # By lists of ids: from about 50 ids on, SQLite preferred the state's
+        # index (a client's read of 500 ended runs read every ended run).
+        for n in (1, 3, 50, 500):
+            statements[f"wake_parents({n})"] = sqlite_queries.wake_parents(n)
+            statements[f"ended_runs({n})"] = sqlite_queries.ended_runs(n)
+            statements[f"cancel_requests({n})"] = sqlite_queries.cancel_requests(n)
         for name, sql in statements.items():
             first = _sqlite_plan(sql, raw)[0]
             assert "sqlite_autoindex_durably_runs_1 (id=?)" in first, (name, first)

@@ -210,7 +210,7 @@ def get_runs(n: int) -> str:
 
 
 def ended_runs(n: int) -> str:
-    return get_runs(n) + " AND status IN ('completed', 'failed', 'cancelled')"
+    return get_runs(n) + " AND +status IN ('completed', 'failed', 'cancelled')"
 
 
 # What ended after a reader's position (see migration 0005).
@@ -228,7 +228,7 @@ WHERE consumed_at IS NULL AND run_id IN ({_marks(n)}) ORDER BY id
 def cancel_requests(n: int) -> str:
     return f"""
 SELECT id, COALESCE(cancel_reason, 'cancelled') FROM durably_runs
-WHERE cancel_requested IS NOT NULL AND status IN ('pending', 'running', 'suspended')
+WHERE cancel_requested IS NOT NULL AND +status IN ('pending', 'running', 'suspended')
   AND id IN ({_marks(n)})
 """
 
