@@ -63,7 +63,19 @@ async def test_transient_commit_failure_does_not_strand_the_run(
     async def keeper_flow(ctx: durably.Context) -> str:
         return str(await long_step())
 
-    async with app.worker():
+    async with app.worker() as worker:
+        writer: Any = worker.committer._writer
+        if writer is not None:  # PostgreSQL: group commits go over the loop's connection
+            real_send = writer.send
+
+            async def flaky_send(prepared: Any, **options: Any) -> set[str]:
+                ids = getattr(prepared, "run_ids", None) or (prepared.run_id,)
+                if not failed and "victim" in ids:
+                    failed.append("victim")
+                    raise DatabaseError("server closed the connection unexpectedly (simulated)")
+                return set(await real_send(prepared, **options))
+
+            writer.send = flaky_send
         await app.start(keeper_flow, id="keeper")  # keeps the worker's renew loop busy
         await asyncio.sleep(0.2)
         handle = await app.start(victim_flow, id="victim")

@@ -11,7 +11,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import psycopg
@@ -105,7 +105,8 @@ async def _execute(
     uses the same connection between these statements."""
     reader = libpq.Reader(asyncio.get_running_loop(), conn.pgconn)
     try:
-        return await libpq.execute(conn.pgconn, prepared, step, params, reader)
+        results = await libpq.execute(conn.pgconn, prepared, step, params, reader)
+        return sum(result.ntuples for result in results)
     finally:
         reader.stop()
 
@@ -204,13 +205,13 @@ async def test_a_kept_reader_serves_every_statement_and_stops_when_nobody_waits(
     for i in range(5):
         params = libpq.values(step, {"k": f"k{i}", "f": 1.0, "b": True, "i": i, "n": None})
         assert params is not None
-        assert await libpq.execute(conn.pgconn, prepared, step, params, reader) == 1
+        assert await _rows(libpq.execute(conn.pgconn, prepared, step, params, reader)) == 1
         await asyncio.sleep(0.01)  # loop turns with nobody waiting
     # One that certainly waits (on a loaded machine an answer can be there
     # before the first look, and then no reader is needed at all).
     slow = libpq.plan("SELECT pg_sleep(0.05)")
     assert slow is not None
-    assert await libpq.execute(conn.pgconn, prepared, slow, [], reader) == 1
+    assert await _rows(libpq.execute(conn.pgconn, prepared, slow, [], reader)) == 1
     await asyncio.sleep(0.01)
     assert reader._added  # kept after the statement
     # The server ends the session while nobody waits: the socket stays
@@ -271,7 +272,9 @@ async def test_a_spun_statement_answers_as_a_slept_one_and_sleeps_past_its_budge
         for i in range(20):
             params = libpq.values(step, {"k": f"s{i}", "f": 0.5, "b": False, "i": i, "n": "x"})
             assert params is not None
-            assert await libpq.execute(conn.pgconn, prepared, step, params, reader, spin) == 1
+            assert (
+                await _rows(libpq.execute(conn.pgconn, prepared, step, params, reader, spin)) == 1
+            )
         assert spin.budget() > 0  # a local server answers within the limit
         # Found by looking: all but the first (slept on while being
         # prepared), unless the machine is loaded.
@@ -283,11 +286,17 @@ async def test_a_spun_statement_answers_as_a_slept_one_and_sleeps_past_its_budge
         rows, ticks = await _ticking_while(
             libpq.execute(conn.pgconn, prepared, slow, [], reader, spin)
         )
-        assert rows == 1 and ticks >= 20  # about 250 (a spin held to the end: none)
+        # about 250 ticks (a spin held to the end: none)
+        assert len(libpq.first_column(rows)) == 1 and ticks >= 20
     finally:
         reader.stop()
     cur = await conn.execute("SELECT count(*), sum(i) FROM libpq_test WHERE k LIKE 's%'")
     assert await cur.fetchone() == (20, sum(range(20)))
+
+
+async def _rows(sent: Awaitable[list[Any]]) -> int:
+    """How many rows a statement sent by ``libpq.execute`` returned."""
+    return len(libpq.first_column(await sent))
 
 
 def _count_sleeps(reader: libpq.Reader) -> list[float]:
@@ -312,7 +321,7 @@ async def test_a_connection_lost_while_its_answer_is_looked_for_raises_psycopgs_
     slow = libpq.plan("SELECT pg_sleep(%s::float8)")
     assert slow is not None
     prepared: set[bytes] = set()
-    assert await libpq.execute(conn.pgconn, prepared, slow, [b"0"], reader, spin) == 1
+    assert await _rows(libpq.execute(conn.pgconn, prepared, slow, [b"0"], reader, spin)) == 1
     pid = conn.pgconn.backend_pid
     killed: list[float] = []
 

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 import durably
+from conftest import eventually
 from durably._errors import WriteConflict
 from durably._storage import open_storage
 from durably._storage.base import RunUpdate, RunWrite, Storage
@@ -113,6 +114,44 @@ async def test_the_committer_sends_a_commit_rolled_back_in_a_deadlock_again(
     assert _child_now(storage) == ("completed", [0])
 
 
+async def test_a_batch_rolled_back_in_a_deadlock_on_the_loop_is_sent_again_by_the_thread(
+    pg_storage: tuple[Storage, str],
+) -> None:
+    # A busy worker's writes go out as one statement a batch over the event
+    # loop's connection: rolled back, nothing was written, and the thread
+    # sends them again (with its patience) instead of dropping their runs.
+    storage, url = pg_storage
+    _sleeping_parent(storage)
+    claimed = {"owner": "w1", "lease_until": T0 + LEASE}
+    storage.create_runs([new_run("c", parent_id="p", **claimed), new_run("d", **claimed)])
+    committer = Committer(storage, "w1", lambda: T0, asyncio.get_running_loop())
+    writer: Any = committer._writer
+    real_send, raised = writer.send, []
+
+    async def send(prepared: Any, **options: Any) -> Any:
+        try:
+            return await real_send(prepared, **options)
+        except Exception as exc:
+            raised.append((type(exc).__name__, len(prepared.run_ids)))
+            raise
+
+    writer.send = send
+    try:
+        await eventually(writer._ready)  # its connection opens in the background
+        with _deadlocked(url):
+            writes = [RunWrite("c", 1, [entry(0)], DONE), RunWrite("d", 1, [entry(0)])]
+            accepted = await asyncio.wait_for(
+                asyncio.gather(*(committer.submit(w) for w in writes)), 30
+            )
+    finally:
+        committer.stop()
+        await committer.close_writer()
+    assert raised == [("WriteConflict", 2)]
+    assert accepted == [True, True]
+    assert _child_now(storage) == ("completed", [0])
+    assert [e.seq for e in storage.load_journal("d")] == [0]
+
+
 async def test_a_lone_runs_write_rolled_back_in_a_deadlock_is_sent_again_not_replayed(
     pg_storage: tuple[Storage, str],
 ) -> None:
@@ -140,9 +179,9 @@ async def test_a_lone_runs_write_rolled_back_in_a_deadlock_is_sent_again_not_rep
             writer: Any = worker.committer._writer
             real_send, raised = writer.send, []
 
-            async def send(single: Any) -> Any:
+            async def send(single: Any, **options: Any) -> Any:
                 try:
-                    return await real_send(single)
+                    return await real_send(single, **options)
                 except Exception as exc:
                     raised.append(type(exc).__name__)
                     raise

@@ -140,16 +140,22 @@ Listener = Callable[[str, str], None]
 
 
 class LoopWriter(Protocol):
-    """Sends single-run writes from one event loop without blocking it."""
+    """Sends writes from one event loop without blocking it, one statement
+    at a time: a lone run's write, or a batch of runs' writes."""
+
+    def batchable(self, write: RunWrite) -> bool:
+        """Whether ``write`` can go in a batch :meth:`prepare` takes."""
 
     def prepare(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> Any:
         """What :meth:`send` sends to make ``writes`` durable; None if they
         cannot go this way now (not a shape it handles, or not ready): the
-        caller then commits the usual way."""
+        caller then commits the usual way. Called only while nothing it
+        prepared is in flight."""
 
-    async def send(self, prepared: Any) -> set[str]:
+    async def send(self, prepared: Any, *, spin: bool = True) -> set[str]:
         """As :meth:`Storage.commit`: the ids whose claim was lost.
-        ``DatabaseUnavailable`` with ``reached=False`` means nothing was sent."""
+        ``DatabaseUnavailable`` with ``reached=False`` means nothing was sent.
+        ``spin``: the loop has nothing else to do meanwhile (a lone run)."""
 
     async def close(self) -> None: ...
 

@@ -15,6 +15,16 @@ write is in flight, the write skips the thread where the backend allows:
 SQLite (a local file) commits it on the event loop itself unless another
 process holds the lock; PostgreSQL sends it on an async connection, so the
 loop never blocks on the network. Anything declined goes to the thread.
+
+On PostgreSQL a busy worker's group commits go over that same async
+connection too, one statement per batch (the loop's *batches*): writes
+queue while a batch is in flight, and the next takes all of them. A batch
+on the thread waited for the GIL at each of its hand-offs while the loop
+ran steps (5 ms each, Python's switch interval), so commits took several
+times as long as the server needed, and every run in the batch waited that
+long. What the loop's connection cannot take (not ready, a write of another
+shape, nothing sent before an outage) goes to the thread, which rides
+outages out.
 """
 
 from __future__ import annotations
@@ -64,6 +74,11 @@ class Committer:
         self._alone = alone
         self._writer = storage.loop_writer()
         self._in_flight = 0  # writes sent, not yet answered (loop thread only)
+        # Writes waiting for the loop's connection, and whether a statement
+        # is in flight on it (a batch's, or a lone run's).
+        self._loop_queue: list[tuple[RunWrite, asyncio.Future[bool]]] = []
+        self._loop_busy = False
+        self._flush_soon: asyncio.Handle | None = None
         self._worker_id = worker_id
         self._clock = clock
         self._loop = loop
@@ -92,8 +107,79 @@ class Committer:
                 return self._send_from_loop(write, prepared)
         fut: asyncio.Future[bool] = self._loop.create_future()
         self._in_flight += 1
-        self._to_thread(write, fut)
+        if self._writer is not None and self._writer.batchable(write):
+            self._loop_queue.append((write, fut))
+            # Soon, not now: the writes of the runs resumed in this pass of
+            # the loop join the same batch.
+            if not self._loop_busy and self._flush_soon is None:
+                self._flush_soon = self._loop.call_soon(self._flush_loop)
+        else:
+            self._to_thread(write, fut)
         return fut
+
+    def _flush_loop(self) -> None:
+        """Send the queued writes as one batch on the loop's connection (or,
+        if it cannot take them now, hand them to the thread)."""
+        self._flush_soon = None
+        if self._loop_busy or not self._loop_queue:
+            return
+        batch, self._loop_queue = self._loop_queue, []
+        assert self._writer is not None
+        try:
+            prepared = self._writer.prepare(self._worker_id, [w for w, _ in batch], self._clock())
+        except Exception:  # a write it cannot encode: the thread reports it
+            log.debug("batch of %d writes not prepared on the loop", len(batch), exc_info=True)
+            prepared = None
+        if prepared is None:
+            self._to_thread_all(batch)
+            return
+        self._loop_busy = True
+        self._loop.create_task(self._send_batch(batch, prepared))
+
+    async def _send_batch(
+        self, batch: list[tuple[RunWrite, asyncio.Future[bool]]], prepared: Any
+    ) -> None:
+        assert self._writer is not None
+        result: set[str] | BaseException
+        try:
+            fault("commit.before")
+            result = await self._writer.send(prepared, spin=False)
+        except WriteConflict:  # rolled back, nothing written: the thread tries again
+            self._to_thread_all(batch)
+            return
+        except DatabaseUnavailable as exc:
+            if not exc.reached:  # nothing was sent: the thread takes them, with its patience
+                self._to_thread_all(batch)
+                return
+            # Whether it committed is unknown: the runs are dropped and replayed.
+            self._outage.failed(f"commit of {len(batch)} writes", exc)
+            result = CommitFailed(str(exc), outage=True)
+        except Exception as exc:  # noqa: BLE001 - as on the thread
+            if len(batch) > 1:  # one bad write must not sink the others
+                self._to_thread_all(batch)
+                return
+            log.warning("commit of run %s failed: %s", batch[0][0].run_id, exc)
+            result = CommitFailed(str(exc))
+        except BaseException as exc:  # cancelled (the loop is closing): nobody waits
+            self._in_flight -= len(batch)
+            _resolve(batch, CommitFailed(f"commit interrupted: {exc!r}", outage=True))
+            raise
+        finally:
+            self._loop_free()
+        self._in_flight -= len(batch)
+        self._count_here(result, len(batch))
+        _resolve(batch, result)
+
+    def _loop_free(self) -> None:
+        """Nothing in flight on the loop's connection: what queued meanwhile goes next."""
+        self._loop_busy = False
+        if self._loop_queue and self._flush_soon is None:
+            self._flush_soon = self._loop.call_soon(self._flush_loop)
+
+    def _to_thread_all(self, batch: list[tuple[RunWrite, asyncio.Future[bool]]]) -> None:
+        # (A batch that fails there on a write's own error is tried a write at a time.)
+        for write, fut in batch:
+            self._to_thread(write, fut)
 
     def _to_thread(self, write: RunWrite, fut: asyncio.Future[bool]) -> None:
         self._queue.append((write, fut))
@@ -129,13 +215,16 @@ class Committer:
     async def _send_from_loop(self, write: RunWrite, prepared: Any) -> bool:
         assert self._writer is not None
         result: set[str] | BaseException
+        self._loop_busy = True
         try:
             fault("commit.before")
             result = await self._writer.send(prepared)
         except WriteConflict:  # rolled back, nothing written: the thread tries again
+            self._loop_free()
             return await self._on_thread(write)
         except DatabaseUnavailable as exc:
             if not exc.reached:  # nothing was sent: the thread takes it, with its patience
+                self._loop_free()
                 return await self._on_thread(write)
             # Whether it committed is unknown: the run is dropped and replayed.
             self._outage.failed("commit of 1 write", exc)
@@ -146,6 +235,8 @@ class Committer:
         except BaseException:  # the caller was cancelled mid-send: it hears nothing more
             self._in_flight -= 1
             raise
+        finally:
+            self._loop_free()
         self._in_flight -= 1
         self._count_here(result)
         if isinstance(result, BaseException):
@@ -165,12 +256,12 @@ class Committer:
         self._count_here(result)
         _resolve([(write, fut)], result)
 
-    def _count_here(self, result: set[str] | BaseException) -> None:
+    def _count_here(self, result: set[str] | BaseException, writes: int = 1) -> None:
         if not isinstance(result, BaseException):
             fault("commit.after")
             self._outage.recovered()
         self.batches += 1
-        self.writes += 1
+        self.writes += writes
 
     async def close_writer(self) -> None:
         """Close the event loop's own connection, if the backend opened one."""

@@ -150,11 +150,11 @@ async def execute(
     params: list[bytes | None],
     reader: Reader,
     spin: Spin | None = None,
-) -> int:
+) -> list[pq.abc.PGresult]:
     """Run ``step`` with ``params`` (preparing it first on this connection if
-    needed); the number of rows it returned. ``reader`` is the connection's
-    socket reader; ``spin``, if given, how long to look for the answer
-    before sleeping on it."""
+    needed); the results it returned (see :func:`first_column`). ``reader``
+    is the connection's socket reader; ``spin``, if given, how long to look
+    for the answer before sleeping on it."""
     loop = asyncio.get_running_loop()
     readable = reader.readable
     if step.name not in prepared:
@@ -163,7 +163,7 @@ async def execute(
         prepared.add(step.name)
     pgconn.send_query_prepared(step.name, params)
     if spin is None:
-        return sum(result.ntuples for result in await _results(pgconn, loop, readable))
+        return await _results(pgconn, loop, readable)
     sent = time.perf_counter()
     budget = spin.budget()
     if budget and not pgconn.flush():  # all of it sent: the answer can come
@@ -172,9 +172,18 @@ async def execute(
         while pgconn.is_busy() and time.perf_counter() < until:
             _give_way()
             pgconn.consume_input()
-    rows = sum(result.ntuples for result in await _results(pgconn, loop, readable))
+    results = await _results(pgconn, loop, readable)
     spin.took(time.perf_counter() - sent)
-    return rows
+    return results
+
+
+def first_column(results: list[pq.abc.PGresult]) -> list[tuple[str | None]]:
+    """Each row's first value, as text."""
+    return [
+        (None if (value := result.get_value(row, 0)) is None else value.decode(),)
+        for result in results
+        for row in range(result.ntuples)
+    ]
 
 
 async def _results(

@@ -32,7 +32,7 @@ from . import libpq
 from . import queries as q
 
 if TYPE_CHECKING:
-    from .store import OneStatement, PostgresStorage
+    from .store import BatchStatement, OneStatement, PostgresStorage
 
 log = logging.getLogger("durably.storage")
 
@@ -66,6 +66,9 @@ class LoopWriter:
         self._tried = -RECONNECT_GAP
         self._closed = False
 
+    def batchable(self, write: RunWrite) -> bool:
+        return self._storage.batchable(write)
+
     def prepare(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> Any:
         """The statement that makes ``writes`` durable, if it is one and the
         connection is ready to send it; else None (and the connection is
@@ -95,8 +98,10 @@ class LoopWriter:
             self._tending = asyncio.get_running_loop().create_task(self._tend())
         return False
 
-    async def send(self, single: OneStatement) -> set[str]:
-        """Send what :meth:`prepare` returned; the ids whose claim was lost."""
+    async def send(self, single: OneStatement | BatchStatement, *, spin: bool = True) -> set[str]:
+        """Send what :meth:`prepare` returned; the ids whose claim was lost.
+        ``spin``: look for the answer before sleeping on it (for a lone run's
+        write only: the loop has nothing else to do then)."""
         conn, cursor = self._conn, self._cursor
         if conn is None or cursor is None or conn.closed or conn.broken:
             raise DatabaseUnavailable(f"{self._storage.url}: connection closed", reached=False)
@@ -104,8 +109,7 @@ class LoopWriter:
             step = libpq.plan(single.sql) if self._utf8 else None
             params = libpq.values(step, single.params) if step is not None else None
             if step is not None and params is not None:
-                count = await self._send_raw(conn, step, params)
-                rows: list[Any] = [()] * count
+                rows: list[Any] = libpq.first_column(await self._send_raw(conn, step, params, spin))
             else:
                 self._psycopg_next()
                 await cursor.execute(single.sql, single.params)
@@ -124,13 +128,22 @@ class LoopWriter:
         return single.lost(rows)
 
     async def _send_raw(
-        self, conn: psycopg.AsyncConnection[Any], step: libpq.Plan, params: list[bytes | None]
-    ) -> int:
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        step: libpq.Plan,
+        params: list[bytes | None],
+        spin: bool,
+    ) -> list[Any]:
         try:
             if self._reader is None:
                 self._reader = libpq.Reader(asyncio.get_running_loop(), conn.pgconn)
             return await libpq.execute(
-                conn.pgconn, self._prepared, step, params, self._reader, self._spin
+                conn.pgconn,
+                self._prepared,
+                step,
+                params,
+                self._reader,
+                self._spin if spin else None,
             )
         except BaseException:
             if conn.pgconn.transaction_status == TransactionStatus.ACTIVE:

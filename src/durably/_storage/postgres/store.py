@@ -134,6 +134,19 @@ class OneStatement:
         return set() if rows else {self.run_id}
 
 
+@dataclass(frozen=True)
+class BatchStatement:
+    """Writes of many runs in one statement (``q.COMMIT_SIMPLE``): it returns
+    the id of each run whose write was kept, first in each row."""
+
+    sql: str
+    params: Any
+    run_ids: tuple[str, ...]
+
+    def lost(self, rows: Sequence[Any]) -> set[str]:
+        return set(self.run_ids) - {row[0] for row in rows}
+
+
 def _describe(url: str) -> str:
     """The URL without its password, for messages."""
     try:
@@ -367,9 +380,8 @@ class PostgresStorage(Storage):
         single = self.one_statement(worker_id, writes, now)
         if single is not None:
             with self._conn() as conn:
-                return single.lost(conn.execute(single.sql, single.params).fetchall())
-        if all(_simple(w) for w in writes):
-            return self._commit_simple(worker_id, writes, now)
+                rows = conn.execute(single.sql, single.params, prepare=True).fetchall()
+            return single.lost(rows)
         # Pipelined: only what the next decision depends on waits for the
         # server (the claim check, and rarely signals or missed wake-ups);
         # the writes and the COMMIT go out together.
@@ -412,14 +424,27 @@ class PostgresStorage(Storage):
                     cur.executemany(q.NOTIFY, notes)
         return part.rejected
 
+    def batchable(self, write: RunWrite) -> bool:
+        """Whether ``write`` fits a batch of :meth:`one_statement`."""
+        return _simple(write)
+
     def one_statement(
         self, worker_id: str, writes: Sequence[RunWrite], now: float
-    ) -> OneStatement | None:
-        """The single autocommitted statement that makes ``writes`` durable, for
-        the shapes a lone run writes (its claimed create, a step's result, its
-        end); None for anything else."""
+    ) -> OneStatement | BatchStatement | None:
+        """The single autocommitted statement that makes ``writes`` durable:
+        for the shapes a lone run writes (its claimed create, a step's result,
+        its end), and for a batch of runs' entries and row changes
+        (``q.COMMIT_SIMPLE``); None for anything else.
+
+        The batch statement is prepared: its generic plan walks the primary
+        key once per write at any batch size (tests/storage/test_plans.py),
+        and planning it afresh cost the server more than running it (2.4
+        against 3.3 ms for 200 writes)."""
         if len(writes) != 1:
-            return None
+            if not all(_simple(w) for w in writes):
+                return None
+            params = commit_simple_params(worker_id, writes, now)
+            return BatchStatement(q.COMMIT_SIMPLE, params, tuple(w.run_id for w in writes))
         write = writes[0]
         create = lone_create(writes)
         if create is not None:  # started in this process, created claimed (so no NOTIFY)
@@ -461,19 +486,6 @@ class PostgresStorage(Storage):
             pin=bool(u and u.pin),
         )
         return OneStatement(statement, params, write.run_id)
-
-    def _commit_simple(self, worker_id: str, writes: Sequence[RunWrite], now: float) -> set[str]:
-        """The common group commit, in one statement (see ``q.COMMIT_SIMPLE``).
-
-        Prepared: its generic plan walks the primary key once per write at any
-        batch size (tests/storage/test_plans.py), and planning it afresh cost
-        the server more than running it (2.4 against 3.3 ms for 200 writes).
-        """
-        params = commit_simple_params(worker_id, writes, now)
-        with self._conn() as conn:
-            done = conn.execute(q.COMMIT_SIMPLE, params, prepare=True).fetchall()
-        kept = {row[0] for row in done}
-        return {w.run_id for w in writes} - kept
 
     @_again_on_conflict
     def renew(
