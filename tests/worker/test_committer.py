@@ -152,6 +152,82 @@ async def test_a_batch_rolled_back_in_a_deadlock_on_the_loop_is_sent_again_by_th
     assert [e.seq for e in storage.load_journal("d")] == [0]
 
 
+async def test_a_batch_in_flight_keeps_the_loop_connection_while_a_lone_write_ends_on_the_thread(
+    pg_storage: tuple[Storage, str],
+) -> None:
+    # A lone run's write that conflicted goes to the thread and lets the
+    # loop's connection go; a batch is sent on it meanwhile. When the thread
+    # answers the lone write, the connection must stay the batch's: marked
+    # free again, the next write's flush pinged it under the batch, which
+    # failed as if the database were unreachable (found in review).
+    storage, url = pg_storage
+    claimed = {"owner": "w1", "lease_until": T0 + LEASE}
+    storage.create_runs([new_run(run_id, **claimed) for run_id in "abcd"])
+    alone = {"a"}
+    committer = Committer(
+        storage, "w1", lambda: T0, asyncio.get_running_loop(), alone=lambda r: r in alone
+    )
+    writer: Any = committer._writer
+    real_send, sent = writer.send, []
+
+    async def send(prepared: Any, **options: Any) -> Any:
+        ids = getattr(prepared, "run_ids", None) or (prepared.run_id,)
+        sent.append(ids)
+        if ids == ("a",):
+            raise WriteConflict("rolled back (simulated)")
+        return await real_send(prepared, **options)
+
+    writer.send = send
+    with psycopg.connect(url) as hold_a, psycopg.connect(url) as hold_b:
+        try:
+            await eventually(writer._ready)  # its connection opens in the background
+            hold_a.execute("SELECT 1 FROM durably.runs WHERE id = 'a' FOR UPDATE")
+            hold_b.execute("SELECT 1 FROM durably.runs WHERE id = 'b' FOR UPDATE")
+            lone = asyncio.ensure_future(committer.submit(RunWrite("a", 1, [entry(0)])))
+            await eventually(lambda: sent == [("a",)])
+            alone.clear()
+            batch = asyncio.gather(*(committer.submit(RunWrite(r, 1, [entry(0)])) for r in "bc"))
+            await eventually(lambda: len(sent) == 2)  # the batch, waiting for b's row
+            hold_a.commit()
+            assert await asyncio.wait_for(lone, 30) is True  # the thread wrote it
+            later = asyncio.ensure_future(committer.submit(RunWrite("d", 1, [entry(0)])))
+            await asyncio.sleep(0.2)
+            hold_b.commit()
+            assert await asyncio.wait_for(batch, 30) == [True, True]
+            assert await asyncio.wait_for(later, 30) is True
+        finally:
+            committer.stop()
+            await committer.close_writer()
+    assert sent == [("a",), ("b", "c"), ("d",)]
+    journals = {r: [e.seq for e in storage.load_journal(r)] for r in "abcd"}
+    assert journals == {r: [0] for r in "abcd"}
+
+
+async def test_a_superseded_drivers_write_is_not_told_kept_by_the_new_drivers(
+    pg_storage: tuple[Storage, str],
+) -> None:
+    # Two writes of one run in a queue: a superseded driver's (its claim's
+    # epoch is gone) and the new driver's. In one batch, answered by run
+    # id, the old one was told it was kept, and its entry was written too.
+    storage, url = pg_storage
+    storage.create_runs([new_run("x", owner="w1", lease_until=T0 + LEASE)])
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE durably.runs SET epoch = 2 WHERE id = 'x'")  # claimed again
+    committer = Committer(storage, "w1", lambda: T0, asyncio.get_running_loop())
+    writer: Any = committer._writer
+    try:
+        await eventually(writer._ready)  # its connection opens in the background
+        stale, new = RunWrite("x", 1, [entry(0)]), RunWrite("x", 2, [entry(1)])
+        answers = await asyncio.wait_for(
+            asyncio.gather(committer.submit(stale), committer.submit(new)), 30
+        )
+    finally:
+        committer.stop()
+        await committer.close_writer()
+    assert answers == [False, True]
+    assert [e.seq for e in storage.load_journal("x")] == [1]
+
+
 async def test_a_lone_runs_write_rolled_back_in_a_deadlock_is_sent_again_not_replayed(
     pg_storage: tuple[Storage, str],
 ) -> None:

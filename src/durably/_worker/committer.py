@@ -123,7 +123,7 @@ class Committer:
         self._flush_soon = None
         if self._loop_busy or not self._loop_queue:
             return
-        batch, self._loop_queue = self._loop_queue, []
+        batch, self._loop_queue = _one_write_a_run(self._loop_queue)
         assert self._writer is not None
         try:
             prepared = self._writer.prepare(self._worker_id, [w for w, _ in batch], self._clock())
@@ -216,14 +216,17 @@ class Committer:
         assert self._writer is not None
         result: set[str] | BaseException
         self._loop_busy = True
+        freed = False  # the connection let go early: a batch may be on it by the finally
         try:
             fault("commit.before")
             result = await self._writer.send(prepared)
         except WriteConflict:  # rolled back, nothing written: the thread tries again
+            freed = True
             self._loop_free()
             return await self._on_thread(write)
         except DatabaseUnavailable as exc:
             if not exc.reached:  # nothing was sent: the thread takes it, with its patience
+                freed = True
                 self._loop_free()
                 return await self._on_thread(write)
             # Whether it committed is unknown: the run is dropped and replayed.
@@ -236,7 +239,8 @@ class Committer:
             self._in_flight -= 1
             raise
         finally:
-            self._loop_free()
+            if not freed:
+                self._loop_free()
         self._in_flight -= 1
         self._count_here(result)
         if isinstance(result, BaseException):
@@ -283,8 +287,12 @@ class Committer:
                     return
                 continue
             batch = []
-            while queue:
+            ids = set()
+            while queue and queue[0][0].run_id not in ids:  # a second write: next batch
+                ids.add(queue[0][0].run_id)
                 batch.append(queue.popleft())
+            if queue:
+                self._event.set()
             self._commit(batch)
 
     def _commit(self, batch: list[tuple[RunWrite, asyncio.Future[bool]]]) -> None:
@@ -416,6 +424,22 @@ class InlineCommitter:
 
     def stop(self) -> None:
         self.dead = True
+
+
+def _one_write_a_run(
+    queue: list[tuple[RunWrite, asyncio.Future[bool]]],
+) -> tuple[
+    list[tuple[RunWrite, asyncio.Future[bool]]], list[tuple[RunWrite, asyncio.Future[bool]]]
+]:
+    """The queue's first writes up to a second write of one run, and the rest.
+    A batch answers by run id: a superseded driver's last write, fenced out,
+    would be told it was kept if a new driver's write of the run were kept."""
+    ids = set()
+    for index, (write, _) in enumerate(queue):
+        if write.run_id in ids:
+            return queue[:index], queue[index:]
+        ids.add(write.run_id)
+    return queue, []
 
 
 def _resolve(batch: list[tuple[RunWrite, asyncio.Future[bool]]], result: Any) -> None:

@@ -114,6 +114,10 @@ WHERE r.id = ANY(ARRAY(SELECT id FROM chosen))
 RETURNING {", ".join("r." + c.strip() for c in RUN_COLUMNS.split(","))}
 """
 
+# A run going to sleep until a child ends: its children's rows, so that a
+# child's end in flight is waited for (see store.commit).
+LOCK_CHILDREN = "SELECT id FROM durably.runs WHERE id = ANY(%s::text[]) ORDER BY id FOR SHARE"
+
 OWNED = """
 SELECT id, epoch FROM durably.runs WHERE owner = %s AND id = ANY(%s) FOR NO KEY UPDATE
 """

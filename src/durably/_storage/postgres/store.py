@@ -398,6 +398,12 @@ class PostgresStorage(Storage):
                     cur.executemany(q.CONSUME_SIGNAL, part.consumed)
                     pipe.sync()
                     check_consumed(cur.rowcount, part)
+                children = sorted({c for _, u in part.sleepers for c in u.wake_children})
+                if children:
+                    # A child's end in flight holds its row: waited for here, so
+                    # the check below sees it (that end's statement found this
+                    # run running, not asleep, and did not wake it).
+                    cur.execute(q.LOCK_CHILDREN, (text_array(children),))
                 missed = sql_missed(
                     "%s", q.TABLES, lambda sql, args: cur.execute(sql, args).fetchone()
                 )

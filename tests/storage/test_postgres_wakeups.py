@@ -1,0 +1,51 @@
+"""No lost wake-up between a parent going to sleep and its child's end,
+committed at the same moment by two transactions (PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from durably._storage.base import RunUpdate, RunWrite, Storage
+from storage.test_storage import LEASE, T0, entry, new_run
+
+DONE = RunUpdate(status="completed", result='"done"', release=True)
+
+
+def test_a_parent_going_to_sleep_waits_for_its_childs_end_in_flight(
+    pg_storage: tuple[Storage, str],
+) -> None:
+    storage: Any = pg_storage[0]
+    url = pg_storage[1]
+    claimed = {"owner": "w1", "lease_until": T0 + LEASE}
+    storage.create_runs([new_run("p", **claimed), new_run("c", parent_id="p", **claimed)])
+    # The child's end, in another session's transaction still open: its
+    # statement found the parent running, not asleep, so it did not wake it.
+    end = storage.one_statement("w1", [RunWrite("c", 1, [entry(0)], DONE)], T0)
+    asleep = RunUpdate(status="suspended", release=True, wake_children=("c",))
+    answers: list[Any] = []
+
+    def parent_sleeps() -> None:
+        answers.append(storage.commit("w1", [RunWrite("p", 1, [entry(0)], asleep)], T0))
+
+    with psycopg.connect(url) as other, psycopg.connect(url, autocommit=True) as probe:
+        assert other.execute(end.sql, end.params).fetchall()
+        sleeper = threading.Thread(target=parent_sleeps)
+        sleeper.start()
+        holder = other.info.backend_pid
+        deadline = time.monotonic() + 10
+        while sleeper.is_alive() and time.monotonic() < deadline:
+            if probe.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (holder,)
+            ).fetchone():
+                break  # the parent's commit waits for the child's row
+            time.sleep(0.01)
+        other.commit()
+        sleeper.join(20)
+    assert answers == [set()]
+    parent = storage.get_run("p")
+    # Its commit saw the child ended: due at once, not asleep for good.
+    assert parent is not None and parent.status == "suspended" and parent.wake_at == T0
