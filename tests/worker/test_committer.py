@@ -1,6 +1,7 @@
 """A commit the server rolls back on a conflict with another transaction (a
 deadlock) wrote nothing: the committer sends it again instead of dropping
-its runs as if the database were unreachable (PostgreSQL)."""
+its runs as if the database were unreachable (PostgreSQL). And the
+committer's batches on the event loop's connection, and its stop."""
 
 from __future__ import annotations
 
@@ -298,3 +299,23 @@ async def test_a_commit_that_keeps_conflicting_fails_as_an_outage_with_no_strike
         committer.stop()
         storage.close()
     assert failed.value.outage is True
+
+
+async def test_a_write_handed_to_a_stopped_committer_fails_instead_of_waiting_for_good(
+    tmp_path: Any,
+) -> None:
+    # A batch the loop's connection gave back as a worker stopped, or a
+    # cancelled driver's last write, reached the thread's queue after the
+    # thread had exited: nobody answered it (found in review).
+    storage = open_storage(f"sqlite:///{tmp_path / 'stopped.db'}")
+    storage.migrate()
+    storage.create_runs([new_run("c", owner="w1", lease_until=T0 + LEASE)])
+    committer = Committer(storage, "w1", lambda: T0, asyncio.get_running_loop())
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, committer.stop)
+        with pytest.raises(CommitFailed, match="stopping") as failed:
+            await asyncio.wait_for(committer.submit(RunWrite("c", 1, [entry(0)])), 5)
+        assert failed.value.outage is True
+        assert committer._in_flight == 0
+    finally:
+        storage.close()

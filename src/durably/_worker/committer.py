@@ -182,6 +182,10 @@ class Committer:
             self._to_thread(write, fut)
 
     def _to_thread(self, write: RunWrite, fut: asyncio.Future[bool]) -> None:
+        if self._stopped:  # the thread takes nothing more: the write is not made
+            self._in_flight -= 1
+            fut.set_exception(CommitFailed("the worker is stopping", outage=True))
+            return
         self._queue.append((write, fut))
         # Set only if not set already (setting takes a lock and wakes): the
         # thread clears the event before it drains the queue, so a write
@@ -276,6 +280,17 @@ class Committer:
         self._stopped = True
         self._event.set()
         self._thread.join(timeout=10)
+        try:  # what reached the queue as the thread stopped: answered, not left waiting
+            self._loop.call_soon_threadsafe(self._refuse_queued)
+        except RuntimeError:  # loop closed: nobody waits
+            pass
+
+    def _refuse_queued(self) -> None:
+        while self._queue:
+            _, fut = self._queue.popleft()
+            self._in_flight -= 1
+            if not fut.done():
+                fut.set_exception(CommitFailed("the worker is stopping", outage=True))
 
     def _run(self) -> None:
         queue = self._queue
