@@ -76,7 +76,7 @@ class Committer:
         self._in_flight = 0  # writes sent, not yet answered (loop thread only)
         # Writes waiting for the loop's connection, and whether a statement
         # is in flight on it (a batch's, or a lone run's).
-        self._loop_queue: list[tuple[RunWrite, asyncio.Future[bool]]] = []
+        self._loop_queue: deque[tuple[RunWrite, asyncio.Future[bool]]] = deque()
         self._loop_busy = False
         self._flush_soon: asyncio.Handle | None = None
         self._worker_id = worker_id
@@ -123,7 +123,7 @@ class Committer:
         self._flush_soon = None
         if self._loop_busy or not self._loop_queue:
             return
-        batch, self._loop_queue = _one_write_a_run(self._loop_queue)
+        batch = _take_batch(self._loop_queue)
         assert self._writer is not None
         try:
             prepared = self._writer.prepare(self._worker_id, [w for w, _ in batch], self._clock())
@@ -139,36 +139,45 @@ class Committer:
     async def _send_batch(
         self, batch: list[tuple[RunWrite, asyncio.Future[bool]]], prepared: Any
     ) -> None:
-        assert self._writer is not None
-        result: set[str] | BaseException
         try:
-            fault("commit.before")
-            result = await self._writer.send(prepared, spin=False)
-        except WriteConflict:  # rolled back, nothing written: the thread tries again
-            self._to_thread_all(batch)
-            return
-        except DatabaseUnavailable as exc:
-            if not exc.reached:  # nothing was sent: the thread takes them, with its patience
-                self._to_thread_all(batch)
-                return
-            # Whether it committed is unknown: the runs are dropped and replayed.
-            self._outage.failed(f"commit of {len(batch)} writes", exc)
-            result = CommitFailed(str(exc), outage=True)
-        except Exception as exc:  # noqa: BLE001 - as on the thread
-            if len(batch) > 1:  # one bad write must not sink the others
-                self._to_thread_all(batch)
-                return
-            log.warning("commit of run %s failed: %s", batch[0][0].run_id, exc)
-            result = CommitFailed(str(exc))
+            result = await self._send_on_loop(prepared, [w for w, _ in batch], spin=False)
         except BaseException as exc:  # cancelled (the loop is closing): nobody waits
             self._in_flight -= len(batch)
             _resolve(batch, CommitFailed(f"commit interrupted: {exc!r}", outage=True))
             raise
-        finally:
-            self._loop_free()
+        if result is None:
+            self._to_thread_all(batch)
+            return
         self._in_flight -= len(batch)
         self._count_here(result, len(batch))
         _resolve(batch, result)
+
+    async def _send_on_loop(
+        self, prepared: Any, writes: list[RunWrite], *, spin: bool
+    ) -> set[str] | CommitFailed | None:
+        """Send ``prepared`` on the loop's connection, which is then free again;
+        what to answer its writes, or None if nothing was written and the
+        thread is to take them (with its patience, and a write at a time if
+        one of a batch fails on its own error)."""
+        assert self._writer is not None
+        try:
+            fault("commit.before")
+            return await self._writer.send(prepared, spin=spin)
+        except WriteConflict:  # rolled back, nothing written: the thread tries again
+            return None
+        except DatabaseUnavailable as exc:
+            if not exc.reached:  # nothing was sent
+                return None
+            # Whether it committed is unknown: the runs are dropped and replayed.
+            self._outage.failed(f"commit of {_count(writes)}", exc)
+            return CommitFailed(str(exc), outage=True)
+        except Exception as exc:  # noqa: BLE001 - as on the thread
+            if len(writes) > 1:  # one bad write must not sink the others
+                return None
+            log.warning("commit of run %s failed: %s", writes[0].run_id, exc)
+            return CommitFailed(str(exc))
+        finally:
+            self._loop_free()
 
     def _loop_free(self) -> None:
         """Nothing in flight on the loop's connection: what queued meanwhile goes next."""
@@ -217,34 +226,14 @@ class Committer:
         return fut
 
     async def _send_from_loop(self, write: RunWrite, prepared: Any) -> bool:
-        assert self._writer is not None
-        result: set[str] | BaseException
         self._loop_busy = True
-        freed = False  # the connection let go early: a batch may be on it by the finally
         try:
-            fault("commit.before")
-            result = await self._writer.send(prepared)
-        except WriteConflict:  # rolled back, nothing written: the thread tries again
-            freed = True
-            self._loop_free()
-            return await self._on_thread(write)
-        except DatabaseUnavailable as exc:
-            if not exc.reached:  # nothing was sent: the thread takes it, with its patience
-                freed = True
-                self._loop_free()
-                return await self._on_thread(write)
-            # Whether it committed is unknown: the run is dropped and replayed.
-            self._outage.failed("commit of 1 write", exc)
-            result = CommitFailed(str(exc), outage=True)
-        except Exception as exc:  # noqa: BLE001 - handed to the waiting driver
-            log.warning("commit of run %s failed: %s", write.run_id, exc)
-            result = CommitFailed(str(exc))
+            result = await self._send_on_loop(prepared, [write], spin=True)
         except BaseException:  # the caller was cancelled mid-send: it hears nothing more
             self._in_flight -= 1
             raise
-        finally:
-            if not freed:
-                self._loop_free()
+        if result is None:
+            return await self._on_thread(write)
         self._in_flight -= 1
         self._count_here(result)
         if isinstance(result, BaseException):
@@ -301,11 +290,7 @@ class Committer:
                 if self._stopped:
                     return
                 continue
-            batch = []
-            ids = set()
-            while queue and queue[0][0].run_id not in ids:  # a second write: next batch
-                ids.add(queue[0][0].run_id)
-                batch.append(queue.popleft())
+            batch = _take_batch(queue)
             if queue:
                 self._event.set()
             self._commit(batch)
@@ -441,20 +426,23 @@ class InlineCommitter:
         self.dead = True
 
 
-def _one_write_a_run(
-    queue: list[tuple[RunWrite, asyncio.Future[bool]]],
-) -> tuple[
-    list[tuple[RunWrite, asyncio.Future[bool]]], list[tuple[RunWrite, asyncio.Future[bool]]]
-]:
-    """The queue's first writes up to a second write of one run, and the rest.
-    A batch answers by run id: a superseded driver's last write, fenced out,
-    would be told it was kept if a new driver's write of the run were kept."""
+def _take_batch(
+    queue: deque[tuple[RunWrite, asyncio.Future[bool]]],
+) -> list[tuple[RunWrite, asyncio.Future[bool]]]:
+    """The queue's first writes, up to a second write of one run (left for the
+    next batch). A batch answers by run id: a superseded driver's last write,
+    fenced out, would be told it was kept if a new driver's write of the run
+    were kept."""
+    batch = []
     ids = set()
-    for index, (write, _) in enumerate(queue):
-        if write.run_id in ids:
-            return queue[:index], queue[index:]
-        ids.add(write.run_id)
-    return queue, []
+    while queue and queue[0][0].run_id not in ids:
+        ids.add(queue[0][0].run_id)
+        batch.append(queue.popleft())
+    return batch
+
+
+def _count(writes: list[RunWrite]) -> str:
+    return "1 write" if len(writes) == 1 else f"{len(writes)} writes"
 
 
 def _resolve(batch: list[tuple[RunWrite, asyncio.Future[bool]]], result: Any) -> None:
