@@ -45,6 +45,16 @@ async def test_transient_commit_failure_does_not_strand_the_run(
         return real_commit(worker_id, writes, now)
 
     storage.commit = flaky_commit  # type: ignore[method-assign]
+    real_nowait = storage.commit_nowait
+
+    def flaky_nowait(worker_id: str, writes: Any, now: float) -> set[str] | None:
+        # SQLite's commits made from the event loop
+        if not failed and any(w.run_id == "victim" and w.entries for w in writes):
+            failed.append("victim")
+            raise DatabaseError("server closed the connection unexpectedly (simulated)")
+        return real_nowait(worker_id, writes, now)
+
+    storage.commit_nowait = flaky_nowait  # type: ignore[method-assign]
 
     @app.step()
     async def quick() -> str:

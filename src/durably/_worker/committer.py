@@ -16,15 +16,23 @@ SQLite (a local file) commits it on the event loop itself unless another
 process holds the lock; PostgreSQL sends it on an async connection, so the
 loop never blocks on the network. Anything declined goes to the thread.
 
-On PostgreSQL a busy worker's group commits go over that same async
-connection too, one statement per batch (the loop's *batches*): writes
-queue while a batch is in flight, and the next takes all of them. A batch
-on the thread waited for the GIL at each of its hand-offs while the loop
-ran steps (5 ms each, Python's switch interval), so commits took several
-times as long as the server needed, and every run in the batch waited that
-long. What the loop's connection cannot take (not ready, a write of another
-shape, nothing sent before an outage) goes to the thread, which rides
-outages out.
+A busy worker's group commits skip the thread too. Writes queue on the
+loop, and a callback scheduled for the next pass of the loop takes all of
+them as one batch (the *loop's batches*). A batch on the thread waited for
+the GIL at each of its hand-offs while the loop ran steps (5 ms each,
+Python's switch interval): commits took several times as long as the
+database needed, and every run in the batch waited that long.
+
+- PostgreSQL sends each batch as one statement on the async connection;
+  writes queue while a batch is in flight, and the next takes all of them.
+- SQLite commits each batch on the loop itself: the loop pauses for the
+  commit (a few milliseconds for a hundred writes on a local SSD, fsync
+  included), as it would have waited for the GIL anyway.
+
+What the loop cannot take (another process holds SQLite's lock, the
+connection is not ready, a write of another shape, nothing sent before an
+outage, one bad write in a batch) goes to the thread, which rides outages
+out and tries a failing batch a write at a time.
 """
 
 from __future__ import annotations
@@ -94,9 +102,11 @@ class Committer:
         """Queue ``write``; awaiting the result says True (durable) or False
         (lease lost). The caller awaits it at once: a lone run's write is sent
         by that await itself, in the caller's task, with no hand-off at all."""
+        if self._stopped:  # nothing is written after the worker stopped
+            return self._refused()
         if not self._in_flight and self._alone(write.run_id):
             if self._storage.commits_on_loop:
-                committed = self._commit_here(write)
+                committed = self._commit_lone_here(write)
                 if committed is not None:
                     return committed
             prepared = self._writer and self._writer.prepare(
@@ -107,7 +117,9 @@ class Committer:
                 return self._send_from_loop(write, prepared)
         fut: asyncio.Future[bool] = self._loop.create_future()
         self._in_flight += 1
-        if self._writer is not None and self._writer.batchable(write):
+        if self._storage.commits_on_loop or (
+            self._writer is not None and self._writer.batchable(write)
+        ):
             self._loop_queue.append((write, fut))
             # Soon, not now: the writes of the runs resumed in this pass of
             # the loop join the same batch.
@@ -118,15 +130,26 @@ class Committer:
         return fut
 
     def _flush_loop(self) -> None:
-        """Send the queued writes as one batch on the loop's connection (or,
-        if it cannot take them now, hand them to the thread)."""
+        """Commit the queued writes as one batch from the loop (or, if that
+        cannot take them now, hand them to the thread)."""
         self._flush_soon = None
         if self._loop_busy or not self._loop_queue:
             return
+        if self._stopped:  # queued as the worker stopped: refused, as on the thread
+            queued = list(self._loop_queue)
+            self._loop_queue.clear()
+            self._to_thread_all(queued)
+            return
         batch = _take_batch(self._loop_queue)
+        writes = [w for w, _ in batch]
+        if self._storage.commits_on_loop:
+            result = self._commit_here(writes)
+            self._loop_free()
+            self._answer_batch(batch, result)
+            return
         assert self._writer is not None
         try:
-            prepared = self._writer.prepare(self._worker_id, [w for w, _ in batch], self._clock())
+            prepared = self._writer.prepare(self._worker_id, writes, self._clock())
         except Exception:  # a write it cannot encode: the thread reports it
             log.debug("batch of %d writes not prepared on the loop", len(batch), exc_info=True)
             prepared = None
@@ -135,6 +158,18 @@ class Committer:
             return
         self._loop_busy = True
         self._loop.create_task(self._send_batch(batch, prepared))
+
+    def _answer_batch(
+        self,
+        batch: list[tuple[RunWrite, asyncio.Future[bool]]],
+        result: set[str] | CommitFailed | None,
+    ) -> None:
+        if result is None:  # nothing written: the thread takes them
+            self._to_thread_all(batch)
+            return
+        self._in_flight -= len(batch)
+        self._count_here(result, len(batch))
+        _resolve(batch, result)
 
     async def _send_batch(
         self, batch: list[tuple[RunWrite, asyncio.Future[bool]]], prepared: Any
@@ -145,39 +180,49 @@ class Committer:
             self._in_flight -= len(batch)
             _resolve(batch, CommitFailed(f"commit interrupted: {exc!r}", outage=True))
             raise
-        if result is None:
-            self._to_thread_all(batch)
-            return
-        self._in_flight -= len(batch)
-        self._count_here(result, len(batch))
-        _resolve(batch, result)
+        self._answer_batch(batch, result)
 
     async def _send_on_loop(
         self, prepared: Any, writes: list[RunWrite], *, spin: bool
     ) -> set[str] | CommitFailed | None:
         """Send ``prepared`` on the loop's connection, which is then free again;
-        what to answer its writes, or None if nothing was written and the
-        thread is to take them (with its patience, and a write at a time if
-        one of a batch fails on its own error)."""
+        what to answer its writes (see :meth:`_failed_here`)."""
         assert self._writer is not None
         try:
             fault("commit.before")
             return await self._writer.send(prepared, spin=spin)
-        except WriteConflict:  # rolled back, nothing written: the thread tries again
+        except Exception as exc:  # noqa: BLE001 - mapped as the thread maps it
+            return self._failed_here(exc, writes)
+        finally:
+            self._loop_free()
+
+    def _commit_here(self, writes: list[RunWrite]) -> set[str] | CommitFailed | None:
+        """Commit ``writes`` on the loop if that needs no waiting (a local
+        file); what to answer them (see :meth:`_failed_here`)."""
+        try:
+            fault("commit.before")
+            lost = self._storage.commit_nowait(self._worker_id, writes, self._clock())
+        except Exception as exc:  # noqa: BLE001 - mapped as the thread maps it
+            return self._failed_here(exc, writes)
+        return lost  # (None: it would have to wait for another process's lock)
+
+    def _failed_here(self, exc: Exception, writes: list[RunWrite]) -> CommitFailed | None:
+        """What writes made from the loop answer when that raised ``exc``; None
+        if nothing was written and the thread is to take them (with its
+        patience, and a write at a time if one of a batch fails on its own
+        error)."""
+        if isinstance(exc, WriteConflict):  # rolled back, nothing written
             return None
-        except DatabaseUnavailable as exc:
+        if isinstance(exc, DatabaseUnavailable):
             if not exc.reached:  # nothing was sent
                 return None
             # Whether it committed is unknown: the runs are dropped and replayed.
             self._outage.failed(f"commit of {_count(writes)}", exc)
             return CommitFailed(str(exc), outage=True)
-        except Exception as exc:  # noqa: BLE001 - as on the thread
-            if len(writes) > 1:  # one bad write must not sink the others
-                return None
-            log.warning("commit of run %s failed: %s", writes[0].run_id, exc)
-            return CommitFailed(str(exc))
-        finally:
-            self._loop_free()
+        if len(writes) > 1:  # one bad write must not sink the others
+            return None
+        log.warning("commit of run %s failed: %s", writes[0].run_id, exc)
+        return CommitFailed(str(exc))
 
     def _loop_free(self) -> None:
         """Nothing in flight on the loop's connection: what queued meanwhile goes next."""
@@ -193,7 +238,7 @@ class Committer:
     def _to_thread(self, write: RunWrite, fut: asyncio.Future[bool]) -> None:
         if self._stopped:  # the thread takes nothing more: the write is not made
             self._in_flight -= 1
-            fut.set_exception(CommitFailed("the worker is stopping", outage=True))
+            fut.set_exception(_stopping())
             return
         self._queue.append((write, fut))
         # Set only if not set already (setting takes a lock and wakes): the
@@ -202,27 +247,20 @@ class Committer:
         if not self._event.is_set():
             self._event.set()
 
-    def _commit_here(self, write: RunWrite) -> asyncio.Future[bool] | None:
-        """Commit ``write`` on the loop if that needs no waiting, answered in the
-        future returned; None if not (nothing was written: the thread takes it,
-        with its patience)."""
+    def _refused(self) -> asyncio.Future[bool]:
         fut: asyncio.Future[bool] = self._loop.create_future()
-        try:
-            fault("commit.before")
-            lost = self._storage.commit_nowait(self._worker_id, [write], self._clock())
-        except DatabaseUnavailable as exc:
-            if not exc.reached:
-                return None  # nothing written: the thread takes it, with its patience
-            self._outage.failed("commit of 1 write", exc)
-            self._answer_here(write, fut, CommitFailed(str(exc), outage=True))
-            return fut
-        except Exception as exc:  # noqa: BLE001 - as on the thread: the run is dropped
-            log.warning("commit of run %s failed: %s", write.run_id, exc)
-            self._answer_here(write, fut, CommitFailed(str(exc)))
-            return fut
-        if lost is None:  # it would have to wait for another process's lock
+        fut.set_exception(_stopping())
+        return fut
+
+    def _commit_lone_here(self, write: RunWrite) -> asyncio.Future[bool] | None:
+        """A lone run's write committed on the loop, answered in the future
+        returned; None if nothing was written (the thread takes it)."""
+        result = self._commit_here([write])
+        if result is None:
             return None
-        self._answer_here(write, fut, lost)
+        fut: asyncio.Future[bool] = self._loop.create_future()
+        self._count_here(result)
+        _resolve([(write, fut)], result)
         return fut
 
     async def _send_from_loop(self, write: RunWrite, prepared: Any) -> bool:
@@ -245,13 +283,6 @@ class Committer:
         fut: asyncio.Future[bool] = self._loop.create_future()
         self._to_thread(write, fut)
         return await fut
-
-    def _answer_here(
-        self, write: RunWrite, fut: asyncio.Future[bool], result: set[str] | BaseException
-    ) -> None:
-        """Answer a write made from the loop, counted as the thread counts its batches."""
-        self._count_here(result)
-        _resolve([(write, fut)], result)
 
     def _count_here(self, result: set[str] | BaseException, writes: int = 1) -> None:
         if not isinstance(result, BaseException):
@@ -279,7 +310,7 @@ class Committer:
             _, fut = self._queue.popleft()
             self._in_flight -= 1
             if not fut.done():
-                fut.set_exception(CommitFailed("the worker is stopping", outage=True))
+                fut.set_exception(_stopping())
 
     def _run(self) -> None:
         queue = self._queue
@@ -439,6 +470,10 @@ def _take_batch(
         ids.add(queue[0][0].run_id)
         batch.append(queue.popleft())
     return batch
+
+
+def _stopping() -> CommitFailed:
+    return CommitFailed("the worker is stopping", outage=True)
 
 
 def _count(writes: list[RunWrite]) -> str:
