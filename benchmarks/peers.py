@@ -157,37 +157,13 @@ def available(engine: str) -> dict[str, Any] | None:
     return None
 
 
-def run_all(
-    engines: list[str],
-    base: dict[str, Any],
-    scenarios: list[str],
-    run_one: Callable[[str, str, dict[str, Any], str], dict[str, Any]],
-) -> dict[str, dict[str, Any]]:
-    """{scenario: {engine: result}} for the optional peers; skips are results too."""
-    wanted = []
-    if "latency" in scenarios:
-        wanted.append("latency")
-    if "throughput" in scenarios:
-        wanted.append("throughput_inproc")
-    out: dict[str, dict[str, Any]] = {}
-    for engine in engines if wanted else []:
-        skipped = available(engine)
-        if skipped is not None:
-            for scenario in wanted:
-                out.setdefault(scenario, {})[engine] = skipped
-            continue
-        for scenario in wanted:
-            result = run_one(engine, scenario, base, f"{engine} {scenario} (own server)")
-            if not result.get("ok"):
-                result["skipped"] = True  # reported, but never fails the run
-                print(f"  SKIPPED {engine} {scenario}: {result.get('error')}", flush=True)
-            key = scenario
-            if engine == "restate" and scenario == "throughput_inproc":
-                # the service runs in its own process (hypercorn), the client in another:
-                # that is the shape of the 1-worker-process scenario
-                key = "throughput_w1"
-            out.setdefault(key, {})[engine] = result
-    return out
+def result_key(engine: str, scenario: str) -> str:
+    """Where a peer's result goes in the report."""
+    if engine == "restate" and scenario == "throughput_inproc":
+        # the service runs in its own process (hypercorn), the client in another:
+        # that is the shape of the 1-worker-process scenario
+        return "throughput_w1"
+    return scenario
 
 
 # -- the scenario side (inside scenario.py's subprocess) ---------------------------------------

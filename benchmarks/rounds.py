@@ -1,42 +1,85 @@
-"""Sequential latency in rounds that alternate the engines, pooled.
+"""Latency and throughput in rounds that alternate the engines, pooled.
 
 The virtual machines these benchmarks run on change speed over minutes, and a
-latency ratio compares engines measured at different moments. So every
-engine's latency (on both backends, and the optional peers on their own
-servers) is measured in rounds: each round runs every engine once on its
-share of the samples, and an engine's figures come from the samples of all
-its rounds together (each round's p50 is kept too, to show the drift).
+ratio compares engines measured at different moments. So the figures a ratio
+is made of are measured in rounds: each round runs every engine once (on both
+backends, and the optional peers on their own servers), and an engine's
+figure comes from all its rounds together.
+
+- Latency: each round takes its share of the samples; an engine's samples of
+  all rounds are pooled (each round's p50 is kept too, to show the drift).
+- Throughput: each round starts the full number of runs in every shape; an
+  engine's figure is all its runs over all its time (each round's figure is
+  kept). A peer whose best figure in the first round was under half the best
+  peer's is not measured again: it cannot be the peer a ratio is taken
+  against, and the slow ones (Temporal, DBOS) would add many minutes a round.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from common import summary_of_ms
 
-# (group, label, run): run(params, title) measures one round; group is the
-# backend, or "peers" for the engines that keep their own storage.
-Job = tuple[str, str, Callable[[dict[str, Any], str], dict[str, Any]]]
+Key = tuple[str, str, str]  # (group: a backend or "peers", scenario, engine label)
+KEEP_FRACTION = 0.5  # of the best peer's first-round figure, to be measured again
+
+
+@dataclass(frozen=True)
+class Job:
+    group: str
+    scenario: str
+    label: str
+    title: str
+    run: Callable[[dict[str, Any], str], dict[str, Any]]  # (params, title) -> result
+    peer: bool = False  # not durably: may be left out after the first round
+
+    @property
+    def key(self) -> Key:
+        return (self.group, self.scenario, self.label)
 
 
 def run_rounds(
-    jobs: list[Job], base: dict[str, Any], rounds: int
-) -> dict[tuple[str, str], dict[str, Any]]:
-    """{(group, label): pooled result}; a failed round makes that engine's result."""
+    jobs: list[Job], params: dict[str, Any], rounds: int, *, drop_slow_peers: bool = False
+) -> dict[Key, list[dict[str, Any]]]:
+    """Each job's results, a round each; a job that failed (or was skipped)
+    once is not tried again."""
     rounds = max(1, rounds)
-    params = {**base, "latency_n": max(1, base["latency_n"] // rounds)}
-    parts: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    parts: dict[Key, list[dict[str, Any]]] = {}
+    wanted = list(jobs)
     for r in range(rounds):
         suffix = f", round {r + 1}/{rounds}" if rounds > 1 else ""
-        for group, label, run in jobs:
-            if any(not p.get("ok") for p in parts.get((group, label), [])):
-                continue  # failed (or skipped) once: not tried again
-            parts.setdefault((group, label), []).append(run(params, f"{label} latency{suffix}"))
-    return {key: pool(results) for key, results in parts.items()}
+        for job in wanted:
+            if any(not p.get("ok") for p in parts.get(job.key, [])):
+                continue
+            parts.setdefault(job.key, []).append(job.run(params, job.title + suffix))
+        if r == 0 and drop_slow_peers:
+            wanted = [job for job in wanted if not job.peer or _close(job, jobs, parts)]
+    return parts
 
 
-def pool(parts: list[dict[str, Any]]) -> dict[str, Any]:
+def _close(job: Job, jobs: list[Job], parts: dict[Key, list[dict[str, Any]]]) -> bool:
+    """Whether ``job``'s peer came within KEEP_FRACTION of the best peer in round one."""
+
+    def best(label: str, group: str) -> float:
+        return max(
+            (
+                p["per_second"]
+                for j in jobs
+                if j.peer and j.label == label and j.group == group
+                for p in parts.get(j.key, [])[:1]
+                if p.get("ok")
+            ),
+            default=0.0,
+        )
+
+    top = max((best(j.label, j.group) for j in jobs if j.peer), default=0.0)
+    return best(job.label, job.group) >= KEEP_FRACTION * top
+
+
+def pool_latency(parts: list[dict[str, Any]]) -> dict[str, Any]:
     failed = [p for p in parts if not p.get("ok")]
     if failed:
         return failed[0]
@@ -45,6 +88,21 @@ def pool(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out.update(summary_of_ms(samples))
     out["rounds"] = len(parts)
     out["rounds_p50_ms"] = [p["p50_ms"] for p in parts]
+    out["elapsed"] = sum(p.get("elapsed", 0.0) for p in parts)
+    out["load_after"] = parts[-1].get("load_after")
+    return out
+
+
+def pool_throughput(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    failed = [p for p in parts if not p.get("ok")]
+    if failed:
+        return failed[0]
+    out = dict(parts[0])
+    out["n"] = sum(p["n"] for p in parts)
+    out["seconds"] = sum(p["seconds"] for p in parts)
+    out["per_second"] = out["n"] / out["seconds"]
+    out["rounds"] = len(parts)
+    out["rounds_per_second"] = [p["per_second"] for p in parts]
     out["elapsed"] = sum(p.get("elapsed", 0.0) for p in parts)
     out["load_after"] = parts[-1].get("load_after")
     return out

@@ -61,6 +61,7 @@ FULL = {
     "latency_warmup": 100,
     "latency_rounds": 3,
     "throughput_n": 2000,
+    "throughput_rounds": 3,
     "workers": [1, 2, 4],
     "sleep_n": 10000,
     "sleep_seconds": 20.0,
@@ -80,6 +81,7 @@ QUICK = {
     "latency_warmup": 3,
     "latency_rounds": 1,
     "throughput_n": 100,
+    "throughput_rounds": 1,
     "workers": [1],
     "sleep_n": 100,
     "sleep_seconds": 2.0,
@@ -298,9 +300,11 @@ def run_backend(
     scenarios: list[str],
     base: dict[str, Any],
     dbos_apis: list[str],
+    measured: dict[str, Any],
 ) -> dict[str, Any]:
-    """Every scenario for every engine on one backend; returns {scenario: {label: result}}."""
-    out: dict[str, dict[str, Any]] = {}
+    """Every scenario (but those measured in rounds, already in ``measured``)
+    for every engine on one backend; returns {scenario: {label: result}}."""
+    out: dict[str, dict[str, Any]] = {k: dict(v) for k, v in measured.items()}
 
     def variants(engine: str, scenario: str) -> list[tuple[str, dict[str, Any]]]:
         return engine_variants(engine, scenario, dbos_apis)
@@ -317,33 +321,6 @@ def run_backend(
         for engine in engines:
             if engine in OWN_STORAGE:
                 continue  # run once per suite (they keep their own storage), see main()
-            if scenario == "throughput":
-                for label, extra in variants(engine, "throughput_inproc"):
-                    record(
-                        "throughput_inproc",
-                        label,
-                        run_one(
-                            backend,
-                            engine,
-                            "throughput_inproc",
-                            {**base, **extra},
-                            f"{label} throughput, in-process worker",
-                        ),
-                    )
-                for k in base["workers"]:
-                    for label, extra in variants(engine, "throughput_workers"):
-                        record(
-                            f"throughput_w{k}",
-                            label,
-                            run_one(
-                                backend,
-                                engine,
-                                "throughput_workers",
-                                {**base, **extra, "workers": k},
-                                f"{label} throughput, {k} worker process(es) + client",
-                            ),
-                        )
-                continue
             extra_params: dict[str, Any] = {}
             if scenario == "sleep":
                 extra_params = sleep_params(base, out, engine)
@@ -373,6 +350,78 @@ def engine_variants(
     return [(engine, {})]
 
 
+def peer_jobs(scenario: str, extra_peers: list[str], skips: dict[str, dict[str, Any]]) -> list[Any]:
+    """Round jobs of the optional peers (their own servers) in ``scenario``; a
+    peer that cannot run here gets its skip in ``skips`` ({key: {peer: result}})."""
+    import peers as peer_mod
+    from rounds import Job
+
+    jobs = []
+    for peer in extra_peers:
+        key = peer_mod.result_key(peer, scenario)
+        skipped = peer_mod.available(peer)
+        if skipped is not None:
+            skips.setdefault(key, {})[peer] = skipped
+            continue
+
+        def run(params: dict[str, Any], title: str, peer: str = peer) -> dict[str, Any]:
+            result = run_one_peer(peer, scenario, params, f"{title} (own server)")
+            if not result.get("ok"):
+                result["skipped"] = True  # reported, but never fails the run
+            return result
+
+        jobs.append(Job("peers", key, peer, f"{peer} {scenario}", run, peer=True))
+    return jobs
+
+
+def engine_jobs(
+    backends: list[str],
+    engines: list[str],
+    dbos_apis: list[str],
+    shapes: list[tuple[str, str, dict[str, Any], str]],
+) -> list[Any]:
+    """Round jobs of the engines on our backends: shapes are (result key,
+    scenario, extra params, title) of one scenario."""
+    from rounds import Job
+
+    jobs = []
+    for backend in backends:
+        for engine in engines:
+            if engine in OWN_STORAGE:
+                continue
+            for key, scenario, shape, what in shapes:
+                for label, extra in engine_variants(engine, scenario, dbos_apis):
+                    params = {**shape, **extra}
+
+                    def run(
+                        base: dict[str, Any],
+                        title: str,
+                        backend: str = backend,
+                        engine: str = engine,
+                        scenario: str = scenario,
+                        params: dict[str, Any] = params,
+                    ) -> dict[str, Any]:
+                        return run_one(backend, engine, scenario, {**base, **params}, title)
+
+                    title = f"{label} {what}"
+                    jobs.append(Job(backend, key, label, title, run, peer=engine != "durably"))
+    return jobs
+
+
+def split_by_group(
+    pooled: dict[tuple[str, str, str], dict[str, Any]],
+    backends: list[str],
+    skips: dict[str, dict[str, Any]],
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """({backend: {scenario: {label: result}}}, {scenario: {peer: result}})."""
+    by_backend: dict[str, dict[str, Any]] = {b: {} for b in backends}
+    by_peer: dict[str, Any] = {k: dict(v) for k, v in skips.items()}
+    for (group, scenario, label), result in pooled.items():
+        where = by_peer if group == "peers" else by_backend[group]
+        where.setdefault(scenario, {})[label] = result
+    return by_backend, by_peer
+
+
 def latency_in_rounds(
     backends: list[str],
     engines: list[str],
@@ -381,45 +430,46 @@ def latency_in_rounds(
     dbos_apis: list[str],
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Every engine's latency, alternating in rounds (see ``rounds.py``):
-    ({backend: {label: result}}, {peer: result})."""
-    import peers as peer_mod
-    from rounds import Job, run_rounds
+    ({backend: {"latency": {label: result}}}, {"latency": {peer: result}})."""
+    from rounds import pool_latency, run_rounds
 
-    jobs: list[Job] = []
-    for backend in backends:
-        for engine in engines:
-            if engine in OWN_STORAGE:
-                continue
-            for label, extra in engine_variants(engine, "latency", dbos_apis):
+    skips: dict[str, dict[str, Any]] = {}
+    jobs = engine_jobs(backends, engines, dbos_apis, [("latency", "latency", {}, "latency")])
+    jobs += peer_jobs("latency", extra_peers, skips)
+    rounds = base["latency_rounds"]
+    params = {**base, "latency_n": max(1, base["latency_n"] // max(1, rounds))}
+    parts = run_rounds(jobs, params, rounds)
+    pooled = {k: pool_latency(v) for k, v in parts.items()}
+    return split_by_group(pooled, backends, skips)
 
-                def job(
-                    params: dict[str, Any],
-                    title: str,
-                    backend: str = backend,
-                    engine: str = engine,
-                    extra: dict[str, Any] = extra,
-                ) -> dict[str, Any]:
-                    return run_one(backend, engine, "latency", {**params, **extra}, title)
 
-                jobs.append((backend, label, job))
-    by_peer: dict[str, Any] = {}
-    for peer in extra_peers:
-        skipped = peer_mod.available(peer)
-        if skipped is not None:
-            by_peer[peer] = skipped
-            continue
+def throughput_in_rounds(
+    backends: list[str],
+    engines: list[str],
+    extra_peers: list[str],
+    base: dict[str, Any],
+    dbos_apis: list[str],
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Every engine's throughput in every shape, alternating in rounds (see
+    ``rounds.py``): ({backend: {scenario: {label: result}}}, {scenario: {peer: result}})."""
+    from rounds import pool_throughput, run_rounds
 
-        def peer_job(params: dict[str, Any], title: str, peer: str = peer) -> dict[str, Any]:
-            return run_one_peer(peer, "latency", params, f"{title} (own server)")
-
-        jobs.append(("peers", peer, peer_job))
-    by_backend: dict[str, dict[str, Any]] = {b: {} for b in backends}
-    for (group, label), result in run_rounds(jobs, base, base["latency_rounds"]).items():
-        if group == "peers":
-            by_peer[label] = result
-        else:
-            by_backend[group][label] = result
-    return by_backend, by_peer
+    shapes = [("throughput_inproc", "throughput_inproc", {}, "throughput, in-process worker")]
+    shapes += [
+        (
+            f"throughput_w{k}",
+            "throughput_workers",
+            {"workers": k},
+            f"throughput, {k} worker process(es) + client",
+        )
+        for k in base["workers"]
+    ]
+    skips: dict[str, dict[str, Any]] = {}
+    jobs = engine_jobs(backends, engines, dbos_apis, shapes)
+    jobs += peer_jobs("throughput_inproc", extra_peers, skips)
+    parts = run_rounds(jobs, base, base["throughput_rounds"], drop_slow_peers=True)
+    pooled = {k: pool_throughput(v) for k, v in parts.items()}
+    return split_by_group(pooled, backends, skips)
 
 
 def sleep_params(base: dict[str, Any], out: dict[str, Any], engine: str) -> dict[str, Any]:
@@ -653,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds",
         type=int,
         default=None,
-        help="alternating rounds the latency samples are split into (default 3; 1 with --quick)",
+        help="alternating rounds of latency and throughput (default 3; 1 with --quick)",
     )
     parser.add_argument(
         "--dbos-api",
@@ -678,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sleep_seconds is not None:
         base["sleep_seconds"] = args.sleep_seconds
     if args.rounds is not None:
-        base["latency_rounds"] = max(1, args.rounds)
+        base["latency_rounds"] = base["throughput_rounds"] = max(1, args.rounds)
     base["floor_n"] = 5 * base["latency_n"]
     dbos_api = args.dbos_api or ("async" if args.quick else "async,sync")
     dbos_apis = [a.strip() for a in dbos_api.split(",") if a.strip()]
@@ -712,21 +762,20 @@ def main(argv: list[str] | None = None) -> int:
     engines = ["durably", *peers]
     extra_peers = [p for p in peers if p in OWN_STORAGE]
     peer_results: dict[str, Any] = {}
-    latency: dict[str, dict[str, Any]] = {}
-    if "latency" in scenarios:
-        say(
-            f"\n=== sequential latency: every engine, {base['latency_rounds']} "
-            "alternating round(s), samples pooled ==="
-        )
-        latency, peer_latency = latency_in_rounds(backends, engines, extra_peers, base, dbos_apis)
-        if peer_latency:
-            peer_results["latency"] = peer_latency
-    scenarios = [s for s in scenarios if s != "latency"]
-    if extra_peers and "throughput" in scenarios:
-        import peers as peer_mod
-
-        say("\n  optional peers (their own servers and storage, run once for the suite)")
-        peer_results.update(peer_mod.run_all(extra_peers, base, scenarios, run_one_peer))
+    in_rounds: dict[str, dict[str, Any]] = {b: {} for b in backends}
+    for scenario, measure, what in (
+        ("latency", latency_in_rounds, "samples pooled"),
+        ("throughput", throughput_in_rounds, "runs and time pooled, slow peers once"),
+    ):
+        if scenario not in scenarios:
+            continue
+        rounds = base[f"{scenario}_rounds"]
+        say(f"\n=== {scenario}: every engine, {rounds} alternating round(s), {what} ===")
+        by_backend, by_peer = measure(backends, engines, extra_peers, base, dbos_apis)
+        for backend in backends:
+            in_rounds[backend].update(by_backend[backend])
+        peer_results.update(by_peer)
+    scenarios = [s for s in scenarios if s not in ("latency", "throughput")]
     if peer_results:
         report["optional_peers"] = peer_results
 
@@ -736,20 +785,20 @@ def main(argv: list[str] | None = None) -> int:
         say("\n=== backends " + " and ".join(backends) + " in parallel (quick) ===")
         with ThreadPoolExecutor(len(backends)) as pool:
             futures = {
-                b: pool.submit(run_backend, b, engines, scenarios, base, dbos_apis)
+                b: pool.submit(run_backend, b, engines, scenarios, base, dbos_apis, in_rounds[b])
                 for b in backends
             }
             by_backend = {b: f.result() for b, f in futures.items()}
     else:
         by_backend = {}
         for backend in backends:
-            if scenarios:  # (latency, if asked for, was measured above)
+            if scenarios:  # (latency and throughput, if asked for, were measured above)
                 say(f"\n=== backend {backend} ===")
-            by_backend[backend] = run_backend(backend, engines, scenarios, base, dbos_apis)
+            by_backend[backend] = run_backend(
+                backend, engines, scenarios, base, dbos_apis, in_rounds[backend]
+            )
     for backend in backends:
         results = by_backend[backend]
-        if latency.get(backend):
-            results["latency"] = latency[backend]
         for scenario, by_label in peer_results.items():
             for label, r in by_label.items():
                 results.setdefault(scenario, {})[label] = r

@@ -58,4 +58,46 @@ def test_quick_benchmark_runs_every_scenario_on_both_backends(
         for label, result in results["latency"].items():
             assert result["rounds"] == 2 and len(result["rounds_p50_ms"]) == 2, label
             assert result["n"] == report["params"]["latency_n"], label
+        # So does throughput, each round starting all the runs of each shape.
+        for scenario in ("throughput_inproc", "throughput_w1"):
+            for label, result in results[scenario].items():
+                assert len(result["rounds_per_second"]) == 2, (scenario, label)
+                assert result["n"] == 2 * report["params"]["throughput_n"], (scenario, label)
     assert "samples_ms" not in json.dumps(report)  # pooled, not stored
+
+
+def test_throughput_rounds_measure_again_only_the_peers_that_could_be_the_best() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from rounds import Job, pool_throughput, run_rounds
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    calls: list[str] = []
+
+    def engine(label: str, rate: float) -> Job:
+        def run(params: dict[str, object], title: str) -> dict[str, object]:
+            calls.append(title)
+            if rate <= 0:
+                return {"ok": False, "error": "no server"}
+            n = int(str(params["throughput_n"]))
+            return {"ok": True, "n": n, "seconds": n / rate, "per_second": rate}
+
+        return Job("sqlite", "throughput_w1", label, label, run, peer=label != "durably")
+
+    jobs = [engine("durably", 2000), engine("near", 100), engine("far", 40), engine("down", 0)]
+    parts = run_rounds(jobs, {"throughput_n": 10}, 3, drop_slow_peers=True)
+    assert {key[2]: len(v) for key, v in parts.items()} == {
+        "durably": 3,
+        "near": 3,  # within half of the best peer: measured in every round
+        "far": 1,  # under half: its first round stands
+        "down": 1,  # failed: not tried again
+    }
+    assert calls[:4] == [
+        "durably, round 1/3",
+        "near, round 1/3",
+        "far, round 1/3",
+        "down, round 1/3",
+    ]
+    pooled = pool_throughput(parts[("sqlite", "throughput_w1", "near")])
+    assert pooled["n"] == 30 and pooled["per_second"] == pytest.approx(100)
+    assert pooled["rounds_per_second"] == [100, 100, 100]
