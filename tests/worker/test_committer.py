@@ -319,3 +319,29 @@ async def test_a_write_handed_to_a_stopped_committer_fails_instead_of_waiting_fo
         assert committer._in_flight == 0
     finally:
         storage.close()
+
+
+async def test_writes_queued_on_the_loop_as_the_committer_stops_are_all_refused(
+    tmp_path: Any,
+) -> None:
+    # Writes queued for the loop's next batch when the committer stops are
+    # refused, each of them, even after one's caller gave up on it (a
+    # cancelled future once stopped the refusal: the others waited for good).
+    storage = open_storage(f"sqlite:///{tmp_path / 'queued.db'}")
+    storage.migrate()
+    ids = ["a", "b", "c"]
+    storage.create_runs([new_run(i, owner="w1", lease_until=T0 + LEASE) for i in ids])
+    committer = Committer(storage, "w1", lambda: T0, asyncio.get_running_loop())
+    try:
+        futures = [committer.submit(RunWrite(i, 1, [entry(0)])) for i in ids]
+        assert len(committer._loop_queue) == 3  # (not alone: queued for one batch)
+        assert isinstance(futures[0], asyncio.Future)
+        futures[0].cancel()
+        committer.stop()  # before the loop's next pass takes the batch
+        for fut in futures[1:]:
+            with pytest.raises(CommitFailed, match="stopping"):
+                await asyncio.wait_for(fut, 5)
+        assert committer._in_flight == 0
+        assert storage.load_journal("b") == []  # nothing was written
+    finally:
+        storage.close()

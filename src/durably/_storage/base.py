@@ -221,9 +221,10 @@ class Storage(abc.ABC):
     ) -> set[str] | None:
         """:meth:`commit`, if it can be done without waiting on anything but the
         disk; None (nothing written) if it would have to wait, e.g. for another
-        process's write lock. Called on a worker's event loop when it drives a
-        single run (see the committer); a backend whose commit is a network
-        round trip keeps this default and is always committed from a thread."""
+        process's write lock. Called on a worker's event loop, for a lone run's
+        write and for group commits (see the committer); a backend whose commit
+        is a network round trip keeps this default and is committed from a
+        thread or through its :meth:`loop_writer`."""
         return None
 
     def loop_writer(self) -> LoopWriter | None:

@@ -1,6 +1,6 @@
 """Group commit: many runs' journal writes in one transaction.
 
-Drivers hand their writes to one committer thread. While a transaction is in
+Drivers hand their writes to the committer. While a transaction is in
 flight, new writes queue up; the next transaction takes all of them. Under
 load that amortises one fsync (SQLite) or one round trip plus WAL flush
 (PostgreSQL) over every run that wrote in the meantime, without ever holding
@@ -13,7 +13,7 @@ the thread and back (two thread wake-ups, about a fifth of a short run's
 time) is all the thread adds. So when the worker says it is alone and no
 write is in flight, the write skips the thread where the backend allows:
 SQLite (a local file) commits it on the event loop itself unless another
-process holds the lock; PostgreSQL sends it on an async connection, so the
+connection holds the lock; PostgreSQL sends it on an async connection, so the
 loop never blocks on the network. Anything declined goes to the thread.
 
 A busy worker's group commits skip the thread too. Writes queue on the
@@ -104,11 +104,12 @@ class Committer:
         by that await itself, in the caller's task, with no hand-off at all."""
         if self._stopped:  # nothing is written after the worker stopped
             return self._refused()
-        if not self._in_flight and self._alone(write.run_id):
-            if self._storage.commits_on_loop:
-                committed = self._commit_lone_here(write)
-                if committed is not None:
-                    return committed
+        lone = not self._in_flight and self._alone(write.run_id)
+        if lone and self._storage.commits_on_loop:
+            committed = self._commit_lone_here(write)
+            if committed is not None:
+                return committed
+        elif lone:
             prepared = self._writer and self._writer.prepare(
                 self._worker_id, [write], self._clock()
             )
@@ -117,7 +118,9 @@ class Committer:
                 return self._send_from_loop(write, prepared)
         fut: asyncio.Future[bool] = self._loop.create_future()
         self._in_flight += 1
-        if self._storage.commits_on_loop or (
+        if lone:  # declined (another connection holds SQLite's lock, say): the thread waits
+            self._to_thread(write, fut)
+        elif self._storage.commits_on_loop or (
             self._writer is not None and self._writer.batchable(write)
         ):
             self._loop_queue.append((write, fut))
@@ -238,7 +241,8 @@ class Committer:
     def _to_thread(self, write: RunWrite, fut: asyncio.Future[bool]) -> None:
         if self._stopped:  # the thread takes nothing more: the write is not made
             self._in_flight -= 1
-            fut.set_exception(_stopping())
+            if not fut.done():  # (cancelled by its caller meanwhile)
+                fut.set_exception(_stopping())
             return
         self._queue.append((write, fut))
         # Set only if not set already (setting takes a lock and wakes): the
