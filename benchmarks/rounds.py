@@ -11,8 +11,9 @@ figure comes from all its rounds together.
 - Throughput: each round starts the full number of runs in every shape; an
   engine's figure is all its runs over all its time (each round's figure is
   kept). A peer whose best figure in the first round was under half the best
-  peer's is not measured again: it cannot be the peer a ratio is taken
-  against, and the slow ones (Temporal, DBOS) would add many minutes a round.
+  peer's of its backend's table is not measured again: it cannot be the peer
+  a ratio is taken against, and the slow ones (Temporal, DBOS) would add many
+  minutes a round.
 """
 
 from __future__ import annotations
@@ -61,22 +62,26 @@ def run_rounds(
 
 
 def _close(job: Job, jobs: list[Job], parts: dict[Key, list[dict[str, Any]]]) -> bool:
-    """Whether ``job``'s peer came within KEEP_FRACTION of the best peer in round one."""
+    """Whether ``job``'s peer came within KEEP_FRACTION of the best peer of its
+    backend's table in round one (the peers on their own servers are in
+    every backend's table)."""
+
+    def first(j: Job) -> float:
+        done = parts.get(j.key, [])[:1]
+        return float(done[0]["per_second"]) if done and done[0].get("ok") else 0.0
 
     def best(label: str, group: str) -> float:
+        return max((first(j) for j in jobs if j.label == label and j.group == group), default=0.0)
+
+    def top(backend: str) -> float:
         return max(
-            (
-                p["per_second"]
-                for j in jobs
-                if j.peer and j.label == label and j.group == group
-                for p in parts.get(j.key, [])[:1]
-                if p.get("ok")
-            ),
-            default=0.0,
+            (first(j) for j in jobs if j.peer and j.group in (backend, "peers")), default=0.0
         )
 
-    top = max((best(j.label, j.group) for j in jobs if j.peer), default=0.0)
-    return best(job.label, job.group) >= KEEP_FRACTION * top
+    backends = {j.group for j in jobs if j.group != "peers"} or {"peers"}
+    tables = backends if job.group == "peers" else {job.group}
+    mine = best(job.label, job.group)
+    return any(mine >= KEEP_FRACTION * top(b) for b in tables)
 
 
 def pool_latency(parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -101,3 +101,33 @@ def test_throughput_rounds_measure_again_only_the_peers_that_could_be_the_best()
     pooled = pool_throughput(parts[("sqlite", "throughput_w1", "near")])
     assert pooled["n"] == 30 and pooled["per_second"] == pytest.approx(100)
     assert pooled["rounds_per_second"] == [100, 100, 100]
+
+
+def test_slow_peers_are_dropped_against_the_best_peer_of_their_own_backend() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from rounds import Job, run_rounds
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    def job(group: str, label: str, rate: float) -> Job:
+        def run(params: dict[str, object], title: str) -> dict[str, object]:
+            return {"ok": True, "n": 10, "seconds": 10 / rate, "per_second": rate}
+
+        return Job(group, "throughput_w1", label, label, run, peer=label != "durably")
+
+    jobs = [
+        job("sqlite", "durably", 2000),
+        job("sqlite", "dbos", 20),  # the best peer of SQLite's own engines
+        job("postgres", "durably", 2000),
+        job("postgres", "dbos", 60),
+        job("peers", "restate", 100),  # in both tables: SQLite's dbos is far behind it
+    ]
+    parts = run_rounds(jobs, {}, 2, drop_slow_peers=True)
+    assert {(k[0], k[2]): len(v) for k, v in parts.items()} == {
+        ("sqlite", "durably"): 2,
+        ("sqlite", "dbos"): 1,  # 20 < half of restate's 100
+        ("postgres", "durably"): 2,
+        ("postgres", "dbos"): 2,  # 60: within half of restate
+        ("peers", "restate"): 2,
+    }

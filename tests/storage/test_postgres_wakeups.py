@@ -49,3 +49,21 @@ def test_a_parent_going_to_sleep_waits_for_its_childs_end_in_flight(
     parent = storage.get_run("p")
     # Its commit saw the child ended: due at once, not asleep for good.
     assert parent is not None and parent.status == "suspended" and parent.wake_at == T0
+
+
+def test_a_parent_going_to_sleep_announces_its_children_to_claims_it_made_skip(
+    pg_storage: tuple[Storage, str],
+) -> None:
+    # The parent's commit locks its children's rows (above); a claim at that
+    # moment skips them (FOR UPDATE SKIP LOCKED), and a child not started yet
+    # then waited for the next poll. The commit now tells workers to look again.
+    storage: Any = pg_storage[0]
+    url = pg_storage[1]
+    claimed = {"owner": "w1", "lease_until": T0 + LEASE}
+    storage.create_runs([new_run("p", **claimed), new_run("c", parent_id="p")])
+    asleep = RunUpdate(status="suspended", release=True, wake_children=("c",))
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute("LISTEN durably_work")
+        assert storage.commit("w1", [RunWrite("p", 1, [entry(0)], asleep)], T0) == set()
+        heard = [(n.channel, n.payload) for n in listener.notifies(timeout=2, stop_after=1)]
+    assert heard == [("durably_work", "c")]

@@ -426,6 +426,10 @@ class PostgresStorage(Storage):
                 ]
                 notes += [(CHANNEL_EVENT, run_id) for run_id in sorted({e[0] for e in part.events})]
                 notes += [(CHANNEL_WORK, run_id) for run_id in sorted(woken)]
+                # A claim meanwhile skipped the children locked above (FOR
+                # UPDATE SKIP LOCKED): one not started yet waited for the next
+                # poll. Claims look again once this commits.
+                notes += [(CHANNEL_WORK, child) for child in children]
                 if notes:
                     cur.executemany(q.NOTIFY, notes)
         return part.rejected
