@@ -67,3 +67,18 @@ def test_a_parent_going_to_sleep_announces_its_children_to_claims_it_made_skip(
         assert storage.commit("w1", [RunWrite("p", 1, [entry(0)], asleep)], T0) == set()
         heard = [(n.channel, n.payload) for n in listener.notifies(timeout=2, stop_after=1)]
     assert heard == [("durably_work", "c")]
+
+
+def test_a_signal_to_a_run_not_started_yet_announces_it_to_claims_it_made_skip(
+    pg_storage: tuple[Storage, str],
+) -> None:
+    # The signal locks the run's row; a claim at that moment skips a pending
+    # run, which then waited for the next poll. The signal now says: look again.
+    storage: Any = pg_storage[0]
+    url = pg_storage[1]
+    storage.create_runs([new_run("r")])
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute("LISTEN durably_work")
+        storage.send_signal("r", "go", "1", T0)
+        heard = [(n.channel, n.payload) for n in listener.notifies(timeout=2, stop_after=1)]
+    assert heard == [("durably_work", "r")]

@@ -20,7 +20,7 @@ TERMINAL = frozenset({"completed", "failed", "cancelled"})
 STATUSES = ("pending", "running", "suspended", "completed", "failed", "cancelled")
 
 # Notification channels (PostgreSQL LISTEN/NOTIFY; in-process elsewhere).
-CHANNEL_WORK = "durably_work"  # payload: workflow name of a runnable run
+CHANNEL_WORK = "durably_work"  # something may be claimable: a workflow name or a run id (unread)
 CHANNEL_DONE = "durably_done"  # payload: run id that reached a terminal status
 CHANNEL_SIGNAL = "durably_signal"  # payload: run id that was sent a signal
 CHANNEL_CANCEL = "durably_cancel"  # payload: run id whose cancellation was requested

@@ -428,8 +428,10 @@ class PostgresStorage(Storage):
                 notes += [(CHANNEL_WORK, run_id) for run_id in sorted(woken)]
                 # A claim meanwhile skipped the children locked above (FOR
                 # UPDATE SKIP LOCKED): one not started yet waited for the next
-                # poll. Claims look again once this commits.
-                notes += [(CHANNEL_WORK, child) for child in children]
+                # poll. Claims look again once this commits (one notice a
+                # commit: a parent of many children sleeps again after each).
+                if children:
+                    notes.append((CHANNEL_WORK, children[0]))
                 if notes:
                     cur.executemany(q.NOTIFY, notes)
         return part.rejected
@@ -586,10 +588,15 @@ class PostgresStorage(Storage):
     @_again_on_conflict
     def send_signal(self, run_id: str, topic: str, payload: str, now: float) -> None:
         with self._conn() as conn, conn.transaction():
-            check_open(conn.execute(q.RUN_STATUS_FOR_UPDATE, (run_id,)).fetchone(), run_id)
+            row = conn.execute(q.RUN_STATUS_FOR_UPDATE, (run_id,)).fetchone()
+            check_open(row, run_id)
             conn.execute(q.INSERT_SIGNAL, (run_id, topic, payload, now))
             conn.execute(q.WAKE_SUSPENDED, (now, run_id))
             conn.execute(q.NOTIFY, (CHANNEL_SIGNAL, run_id))
+            if row is not None and row[0] == "pending":
+                # A claim meanwhile skipped the row locked above (SKIP LOCKED):
+                # claims look again once this commits, not at the next poll.
+                conn.execute(q.NOTIFY, (CHANNEL_WORK, run_id))
 
     def pending_signals(self, run_ids: Sequence[str]) -> list[Signal]:
         if not run_ids:
