@@ -10,10 +10,11 @@ They are installed on demand into a cache folder (``BENCH_PEERS_DIR``, default
   serve the Python service), and ``npm install`` of
   ``@restatedev/restate-server-linux-x64`` (the server, RocksDB storage).
 
-Both keep their own storage, so they are measured once per suite and shown
-against both backends. Only latency and in-process throughput are measured for
-them. If anything cannot be installed or started within bounded time, the peer
-is skipped with the reason; it never fails the run.
+Both keep their own storage, so they are measured once per round of the
+suite (not once per backend) and shown against both backends. Only latency
+and in-process throughput are measured for them. If anything cannot be
+installed or started within bounded time, the peer is skipped with the
+reason; it never fails the run.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ from common import HERE, PG_ADMIN_URL, PROGRESS, REPO, event_loop_name, fresh_da
 
 ALL_SCENARIOS = ["latency", "throughput", "sleep", "recovery", "idle", "floor"]
 ALL_PEERS = ["dbos", "temporal", "restate"]
-OWN_STORAGE = ("temporal", "restate")  # measured once per suite, not per backend
+OWN_STORAGE = ("temporal", "restate")  # measured once per round, not per backend
 
 FULL = {
     "latency_n": 1000,
@@ -321,7 +321,7 @@ def run_backend(
             continue
         for engine in engines:
             if engine in OWN_STORAGE:
-                continue  # run once per suite (they keep their own storage), see main()
+                continue  # in the rounds only (they keep their own storage), see main()
             extra_params: dict[str, Any] = {}
             if scenario == "sleep":
                 extra_params = sleep_params(base, out, engine)

@@ -207,7 +207,7 @@ class Committer:
             lost = self._storage.commit_nowait(self._worker_id, writes, self._clock())
         except Exception as exc:  # noqa: BLE001 - mapped as the thread maps it
             return self._failed_here(exc, writes)
-        return lost  # (None: it would have to wait for another process's lock)
+        return lost  # (None: it would have to wait for another connection's lock)
 
     def _failed_here(self, exc: Exception, writes: list[RunWrite]) -> CommitFailed | None:
         """What writes made from the loop answer when that raised ``exc``; None
