@@ -12,7 +12,6 @@ import logging
 import signal
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -32,6 +31,7 @@ from ._errors import (
 from ._gc import tune_for_worker
 from ._handle import WorkflowHandle
 from ._handles import Handles
+from ._ids import new_run_id
 from ._loops import run_loop
 from ._registry import StepDef, WorkflowDef, make_step, source_version
 from ._retry import Retry
@@ -373,7 +373,7 @@ class App:
             else definition.deadline
         )
         if run_id is None:
-            run_id = uuid.uuid4().hex
+            run_id = new_run_id()
         else:
             check_name(run_id, "run id", RUN_ID_LIMIT, PayloadError)
         args_text = definition.encode_args(args, kwargs, self.max_payload_bytes)
