@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import threading
 import time
 import uuid
@@ -50,6 +52,26 @@ def test_ids_made_on_many_threads_are_distinct() -> None:
     for t in threads:
         t.join()
     assert len(set(made)) == 16_000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_and_its_parent_make_different_ids_even_if_seeded_alike() -> None:
+    random.seed(42)  # a program's own seeding must not reach the ids
+    new_run_id()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's generator state, copied
+        random.seed(42)
+        os.write(write, new_run_id().encode())
+        os._exit(0)
+    os.close(write)
+    random.seed(42)
+    mine = new_run_id()
+    os.waitpid(pid, 0)
+    theirs = os.read(read, 64).decode()
+    os.close(read)
+    assert len(theirs) == 32
+    assert theirs[16:] != mine[16:]  # the random tails
 
 
 async def test_runs_started_without_an_id_get_time_ordered_ones(

@@ -12,11 +12,18 @@ counter within the millisecond, then 62 random bits that keep processes apart.
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 
 _lock = threading.Lock()
 _last = 0  # milliseconds << 12 | counter, of the last id made here
+# Not os.urandom: that system call hands the GIL to other threads (a client's
+# batching thread) and waits to get it back, on every start. A generator of
+# our own, so a program's random.seed() cannot make two processes' ids
+# collide, seeded afresh in a forked child as the random module's own is.
+_random = random.Random()
+os.register_at_fork(after_in_child=_random.seed)
 
 
 def new_run_id() -> str:
@@ -26,6 +33,6 @@ def new_run_id() -> str:
         # ids are made within one millisecond (the counter carries into it).
         stamp = max(time.time_ns() // 1_000_000 << 12, _last + 1)
         _last = stamp
-    tail = int.from_bytes(os.urandom(8), "big") >> 2
+    tail = _random.getrandbits(62)
     value = (stamp >> 12) << 80 | 0x7 << 76 | (stamp & 0xFFF) << 64 | 0b10 << 62 | tail
     return f"{value:032x}"

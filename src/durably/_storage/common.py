@@ -260,6 +260,10 @@ def partition(writes: Sequence[RunWrite], owned: Mapping[str, int], now: float) 
                     "release": u.release,
                     "version": u.version,
                     "now": now,
+                    # Decided here, not by an IN list in the statement: on
+                    # SQLite that list beside the durably_run_ended trigger
+                    # made each row's update about four times as slow.
+                    "finished": now if u.status in TERMINAL else None,
                     "pin": u.pin,
                 }
             )

@@ -251,8 +251,8 @@ class MemoryStorage(Storage):
         if params["release"]:
             record.owner = None
             record.lease_until = 0.0 if status == "running" else None
-        if params["status"] in TERMINAL:
-            record.finished_at = params["now"]
+        if params["finished"] is not None:
+            record.finished_at = params["finished"]
         if params["version"] is not None:
             record.version = params["version"]
         if params["pin"]:

@@ -139,8 +139,7 @@ SET status = COALESCE(%(status)s, status),
     owner = CASE WHEN %(release)s THEN NULL ELSE owner END,
     lease_until = CASE WHEN NOT %(release)s THEN lease_until
                        WHEN COALESCE(%(status)s, status) = 'running' THEN 0 END,
-    finished_at = CASE WHEN %(status)s IN ('completed', 'failed', 'cancelled')
-                       THEN %(now)s ELSE finished_at END,
+    finished_at = COALESCE(%(finished)s, finished_at),
     version = COALESCE(%(version)s, version),
     pinned = CASE WHEN %(pin)s THEN true ELSE pinned END,
     updated_at = %(now)s

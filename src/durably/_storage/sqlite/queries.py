@@ -127,8 +127,7 @@ SET status = COALESCE(:status, status),
     owner = CASE WHEN :release THEN NULL ELSE owner END,
     lease_until = CASE WHEN NOT :release THEN lease_until
                        WHEN COALESCE(:status, status) = 'running' THEN 0 END,
-    finished_at = CASE WHEN :status IN ('completed', 'failed', 'cancelled')
-                       THEN :now ELSE finished_at END,
+    finished_at = COALESCE(:finished, finished_at),
     version = COALESCE(:version, version),
     pinned = CASE WHEN :pin THEN 1 ELSE pinned END,
     updated_at = :now
