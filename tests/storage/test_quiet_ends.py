@@ -13,6 +13,7 @@ import psycopg
 
 import durably
 from durably._storage.base import RunUpdate, RunWrite, Storage
+from durably._storage.postgres.notices import done_ids
 
 from .test_storage import LEASE, T0, entry, new_run
 
@@ -32,7 +33,7 @@ def _ends_heard(url: str, action: Any) -> list[str]:
         listener.execute("LISTEN durably_done")
         action()
         time.sleep(0.2)
-        return [note.payload for note in listener.notifies(timeout=0.5)]
+        return [i for note in listener.notifies(timeout=0.5) for i in done_ids(note.payload)]
 
 
 def test_only_runs_someone_watches_announce_their_end(pg_storage: tuple[Storage, str]) -> None:

@@ -70,6 +70,7 @@ from ..common import (
 from . import queries as q
 from .arrays import bool_array, columns, float_array, int_array, text_array
 from .loop_writer import CONFLICTS, LoopWriter
+from .notices import done_ids, done_payloads
 
 try:
     import psycopg
@@ -418,7 +419,7 @@ class PostgresStorage(Storage):
                     cur.executemany(q.UPDATE_RUN, part.updates)
                 if part.ended:
                     cur.execute(q.WAKE_PARENTS, (now, part.ended), prepare=False)
-                notes = [(CHANNEL_DONE, run_id) for run_id in part.ended]
+                notes = [(CHANNEL_DONE, p) for p in done_payloads(part.ended)]
                 notes += [  # handed back (a worker stopping): others may take them now
                     (CHANNEL_WORK, u["id"])
                     for u in part.updates
@@ -628,7 +629,8 @@ class PostgresStorage(Storage):
             asleep = [r[0] for r in tree if r[1] == "suspended"]
             if ended:
                 conn.execute(q.WAKE_PARENTS, (now, ended), prepare=False)
-            notes = [(CHANNEL_DONE, i) for i in ended] + [(CHANNEL_CANCEL, i) for i in marked]
+            notes = [(CHANNEL_DONE, p) for p in done_payloads(ended)]
+            notes += [(CHANNEL_CANCEL, i) for i in marked]
             # A suspended run marked is due now (to run its compensation).
             notes += [(CHANNEL_WORK, i) for i in asleep]
             if notes:
@@ -661,7 +663,11 @@ class PostgresStorage(Storage):
                     dispatch("", "")
                     while not stop.is_set():
                         for note in conn.notifies(timeout=0.5):
-                            dispatch(note.channel, note.payload)
+                            if note.channel == CHANNEL_DONE:
+                                for run_id in done_ids(note.payload):
+                                    dispatch(CHANNEL_DONE, run_id)
+                            else:
+                                dispatch(note.channel, note.payload)
             except psycopg.Error as exc:
                 if stop.is_set():
                     return
