@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import threading
 import time
 import uuid
@@ -35,7 +34,7 @@ def test_ids_sort_in_the_order_they_were_made_even_within_one_millisecond() -> N
 
 def test_ids_stay_ordered_when_the_clock_steps_back(monkeypatch: pytest.MonkeyPatch) -> None:
     first = new_run_id()
-    monkeypatch.setattr(_ids.time, "time_ns", lambda: 1_000_000_000_000)  # 1970-01-12
+    monkeypatch.setattr(_ids.time, "time_ns", lambda: 1_000_000_000_000)  # 1970-01-01 00:16:40
     later = [new_run_id() for _ in range(5)]
     assert [first, *later] == sorted([first, *later])
 
@@ -54,24 +53,49 @@ def test_ids_made_on_many_threads_are_distinct() -> None:
     assert len(set(made)) == 16_000
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_and_its_parent_make_different_ids_even_if_seeded_alike() -> None:
-    random.seed(42)  # a program's own seeding must not reach the ids
-    new_run_id()
+def _in_a_child(run: Callable[[], bytes]) -> tuple[int, bytes]:
+    """Fork; the child writes what ``run`` returns and exits. The child's exit
+    status (None if it had not ended after 10 s, and was killed) and output."""
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: the parent's generator state, copied
-        random.seed(42)
-        os.write(write, new_run_id().encode())
-        os._exit(0)
+    if pid == 0:
+        code = 1
+        try:
+            os.write(write, run())
+            code = 0
+        finally:
+            os._exit(code)
     os.close(write)
-    random.seed(42)
-    mine = new_run_id()
-    os.waitpid(pid, 0)
-    theirs = os.read(read, 64).decode()
+    deadline = time.monotonic() + 10
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            os.close(read)
+            return -1, b""
+        time.sleep(0.01)
+    out = os.read(read, 64)
     os.close(read)
-    assert len(theirs) == 32
-    assert theirs[16:] != mine[16:]  # the random tails
+    return os.waitstatus_to_exitcode(status), out
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_and_its_parent_make_different_ids() -> None:
+    new_run_id()  # random bits are fetched ahead: the child gets a copy of them
+    code, theirs = _in_a_child(lambda: new_run_id().encode())
+    mine = new_run_id()
+    assert code == 0 and len(theirs) == 32
+    assert theirs.decode()[16:] != mine[16:]  # the random tails
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_an_id_was_being_made_can_make_ids() -> None:
+    with _ids._lock:  # as if another thread were inside new_run_id at the fork
+        code, theirs = _in_a_child(lambda: new_run_id().encode())
+    assert code == 0 and len(theirs) == 32
 
 
 async def test_runs_started_without_an_id_get_time_ordered_ones(

@@ -27,8 +27,10 @@ def test_payloads_name_every_id_and_stay_under_the_notify_limit(run_ids: list[st
 
 
 def test_a_payload_that_does_not_parse_is_one_bare_id() -> None:
-    # As an older durably sent it: one run id as it is.
-    for bare in ["abc", "5:abc", ":x", "12"]:
+    # As an older durably sent it: one run id as it is. Lengths that int()
+    # would take but that are not plain digits, or that do not move forward
+    # (a negative length looped for ever), are not lengths.
+    for bare in ["abc", "5:abc", ":x", "12", "-3:x", "+1:a", " 1:a", "1_0:abcdefghij", "0:", "1:"]:
         assert done_ids(bare) == [bare]
 
 

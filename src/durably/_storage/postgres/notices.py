@@ -6,8 +6,9 @@ tenth of a worker's time at a few thousand runs a second), and the server a
 queue entry per listener and run. A commit now sends one notice naming all
 the runs it ended. A run id may hold any character but NUL, so no separator
 is safe: each id is written as ``<length>:<id>`` and the ids are run
-together. NOTIFY refuses payloads of 8,000 bytes or more, so a notice holds
-up to about 6,000 bytes of ids and a larger commit sends several. The
+together. NOTIFY refuses payloads of 8,000 bytes or more: ids are packed
+into a notice until it passes about 5,900 bytes (so it stays under 8,000
+with one longest id over) and a larger commit sends several. The
 batched commit statement (``queries.COMMIT_SIMPLE``) packs its notices in
 SQL the same way.
 """
@@ -37,18 +38,24 @@ def done_payloads(run_ids: Iterable[str]) -> list[str]:
 
 
 def done_ids(payload: str) -> list[str]:
-    """The run ids a ``durably_done`` payload names. A payload that does not
-    parse (sent by an older durably: the bare id) is that one id."""
+    """The run ids a ``durably_done`` payload names.
+
+    A payload that does not parse is taken as one bare id, as an older
+    durably sent it. An old bare id that happens to parse (``3:abc``) is
+    misread; its waiters then hear of the end at their periodic re-read.
+    """
     ids: list[str] = []
     at = 0
-    try:
-        while at < len(payload):
-            colon = payload.index(":", at)
-            end = colon + 1 + int(payload[at:colon])
-            if end > len(payload) or colon == at:
-                return [payload]
-            ids.append(payload[colon + 1 : end])
-            at = end
-    except ValueError:
-        return [payload]
-    return ids
+    while at < len(payload):
+        colon = payload.find(":", at)
+        digits = payload[at:colon] if colon > at else ""
+        # ASCII digits only: int() would also take "-3", "+1", " 1" and "1_0",
+        # and a length that does not move forward would loop for ever.
+        if not (digits.isascii() and digits.isdigit()):
+            return [payload]
+        end = colon + 1 + int(digits)
+        if end == colon + 1 or end > len(payload):  # an id is never empty
+            return [payload]
+        ids.append(payload[colon + 1 : end])
+        at = end
+    return ids or [payload]
