@@ -82,3 +82,35 @@ def test_a_signal_to_a_run_not_started_yet_announces_it_to_claims_it_made_skip(
         storage.send_signal("r", "go", "1", T0)
         heard = [(n.channel, n.payload) for n in listener.notifies(timeout=2, stop_after=1)]
     assert heard == [("durably_work", "r")]
+
+
+def test_runs_started_together_announce_each_workflow_with_runs_to_claim_once(
+    pg_storage: tuple[Storage, str],
+) -> None:
+    # A client's batch of starts is one statement: the runs created and one
+    # notice per workflow that has runs waiting to be claimed (not for runs
+    # created claimed, nor for ids that existed already).
+    storage, url = pg_storage
+    claimed = {"owner": "w1", "lease_until": T0 + LEASE}
+    storage.create_runs([new_run("old", workflow="c")])
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute("LISTEN durably_work")
+        answers = storage.create_runs(
+            [
+                *(new_run(f"a{i}", workflow="a") for i in range(3)),
+                new_run("b0", workflow="b"),
+                new_run("mine", workflow="m", **claimed),
+                new_run("old", workflow="c"),
+            ]
+        )
+        time.sleep(0.2)
+        heard = sorted((n.channel, n.payload) for n in listener.notifies(timeout=0.5))
+    assert heard == [("durably_work", "a"), ("durably_work", "b")]
+    assert [(record.id, created) for record, created in answers] == [
+        ("a0", True),
+        ("a1", True),
+        ("a2", True),
+        ("b0", True),
+        ("mine", True),
+        ("old", False),
+    ]
