@@ -34,7 +34,7 @@ def test_a_payload_that_does_not_parse_is_one_bare_id() -> None:
         assert done_ids(bare) == [bare]
 
 
-def _heard(url: str, action: Callable[[], None]) -> list[str]:
+def done_heard(url: str, action: Callable[[], None]) -> list[str]:
     """The payloads of the durably_done notices sent while ``action`` ran."""
     with psycopg.connect(url, autocommit=True) as listener:
         listener.execute("LISTEN durably_done")
@@ -58,7 +58,7 @@ def test_a_commit_ending_many_runs_sends_a_few_notices_naming_them_all(
     writes = [RunWrite(i, claimed[i], [entry(0)], DONE) for i in ids]
     if shape == "pipelined":  # an event is not among the one statement's shapes
         writes[0].events = [("k", "1")]
-    payloads = _heard(url, lambda: storage.commit("w1", writes, T0 + 1))
+    payloads = done_heard(url, lambda: storage.commit("w1", writes, T0 + 1))
     assert 1 < len(payloads) < len(ids)
     assert all(len(p.encode()) < 8000 for p in payloads)
     assert sorted(i for p in payloads for i in done_ids(p)) == sorted(ids)
@@ -68,12 +68,14 @@ def test_a_lone_end_and_a_cancelled_tree_are_named_too(pg_storage: tuple[Storage
     storage, url = pg_storage
     storage.create_runs([new_run("12:ab:c")])
     run = storage.claim("w1", ["wf"], 1, T0, LEASE)[0]
-    lone = _heard(url, lambda: storage.commit("w1", [RunWrite(run.id, run.epoch, [], DONE)], T0))
+    lone = done_heard(
+        url, lambda: storage.commit("w1", [RunWrite(run.id, run.epoch, [], DONE)], T0)
+    )
     assert [done_ids(p) for p in lone] == [["12:ab:c"]]
 
     storage.create_runs([new_run("2:p")])
     storage.create_runs([new_run(c, parent_id="2:p") for c in _long_ids("child", 20)])
-    cancelled = _heard(url, lambda: storage.request_cancel("2:p", T0, "stop"))
+    cancelled = done_heard(url, lambda: storage.request_cancel("2:p", T0, "stop"))
     assert sorted(i for p in cancelled for i in done_ids(p)) == sorted(
         ["2:p", *_long_ids("child", 20)]
     )

@@ -6,7 +6,6 @@ race with the end itself."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import psycopg
@@ -15,6 +14,7 @@ import durably
 from durably._storage.base import RunUpdate, RunWrite, Storage
 from durably._storage.postgres.notices import done_ids
 
+from .test_postgres_notices import done_heard
 from .test_storage import LEASE, T0, entry, new_run
 
 DONE = RunUpdate(status="completed", result='"done"', release=True)
@@ -29,11 +29,7 @@ def test_watch_runs_reads_runs_as_get_runs_does(storage: Storage) -> None:
 
 def _ends_heard(url: str, action: Any) -> list[str]:
     """The run ids whose end was announced while ``action`` ran."""
-    with psycopg.connect(url, autocommit=True) as listener:
-        listener.execute("LISTEN durably_done")
-        action()
-        time.sleep(0.2)
-        return [i for note in listener.notifies(timeout=0.5) for i in done_ids(note.payload)]
+    return [i for payload in done_heard(url, action) for i in done_ids(payload)]
 
 
 def test_only_runs_someone_watches_announce_their_end(pg_storage: tuple[Storage, str]) -> None:

@@ -22,6 +22,8 @@ STATUSES = ("pending", "running", "suspended", "completed", "failed", "cancelled
 # Notification channels (PostgreSQL LISTEN/NOTIFY; in-process elsewhere).
 CHANNEL_WORK = "durably_work"  # something may be claimable: a workflow name or a run id (unread)
 CHANNEL_DONE = "durably_done"  # payload: run id that reached a terminal status
+# (PostgreSQL packs a commit's ended runs into one notice on the wire and its
+# listener hands them on one by one: postgres/notices.py)
 CHANNEL_SIGNAL = "durably_signal"  # payload: run id that was sent a signal
 CHANNEL_CANCEL = "durably_cancel"  # payload: run id whose cancellation was requested
 CHANNEL_EVENT = "durably_event"  # payload: run id that published an event

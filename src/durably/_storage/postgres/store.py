@@ -325,9 +325,6 @@ class PostgresStorage(Storage):
 
     @_again_on_conflict
     def _insert_committed(self, runs: Sequence[NewRun]) -> set[str]:
-        if len(runs) == 1:  # one run created claimed (a start beside a worker)
-            with self._conn() as conn, conn.transaction():
-                return self._insert_runs(conn, runs)
         params = columns([_run_row(r) for r in runs], q.INSERT_RUNS_KINDS)
         with self._conn() as conn:
             return {str(row[0]) for row in conn.execute(q.START_RUNS, params)}
